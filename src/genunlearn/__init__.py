@@ -1,0 +1,56 @@
+"""genunlearn: machine unlearning for generative image models.
+
+Erase a concept from a model, attack the result to see whether it comes back, and compare methods
+on one benchmark, on real Stable Diffusion checkpoints (diffusers) or on the built-in ToyCanvas
+testbed (toy-sd) on a CPU.
+"""
+
+from genunlearn.api import (
+    Run,
+    attack,
+    erase,
+    evaluate,
+    list_attacks,
+    list_concepts,
+    list_methods,
+    list_metrics,
+    load_evaluator,
+    load_model,
+    load_run,
+    run_benchmark,
+)
+from genunlearn.registry import register_attack, register_method, register_metric
+from genunlearn.types import (
+    AttackResult,
+    Capability,
+    Concept,
+    ErasureResult,
+    ErasureTask,
+    GenUnlearnError,
+    Needs,
+)
+
+__all__ = [
+    "AttackResult",
+    "Capability",
+    "Concept",
+    "ErasureResult",
+    "ErasureTask",
+    "GenUnlearnError",
+    "Needs",
+    "Run",
+    "attack",
+    "erase",
+    "evaluate",
+    "list_attacks",
+    "list_concepts",
+    "list_methods",
+    "list_metrics",
+    "load_evaluator",
+    "load_model",
+    "load_run",
+    "register_attack",
+    "register_method",
+    "register_metric",
+    "run_benchmark",
+]

@@ -1,0 +1,245 @@
+"""The public API: thin functions over the registries, adapters and run directories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genunlearn import registry, runs
+from genunlearn.config import build_config, config_to_dict, load_yaml
+from genunlearn.models import load_model
+from genunlearn.types import AttackResult, ErasureResult, ErasureTask, GenUnlearnError
+
+__all__ = [
+    "Run",
+    "attack",
+    "erase",
+    "evaluate",
+    "list_attacks",
+    "list_concepts",
+    "list_methods",
+    "list_metrics",
+    "load_evaluator",
+    "load_model",
+    "load_run",
+    "run_benchmark",
+]
+
+
+def list_methods() -> list[str]:
+    """Registered erasure methods."""
+    return registry.names("method")
+
+
+def list_attacks() -> list[str]:
+    """Registered attacks."""
+    return registry.names("attack")
+
+
+def list_metrics() -> list[str]:
+    """Registered metric families (the ``protocol`` names of :func:`evaluate`)."""
+    return registry.names("metric")
+
+
+def list_concepts(kind: str | None = None, model=None) -> list[str]:
+    """Concept names of a model's world (default: ToyCanvas); ``kind`` filters by kind."""
+    from genunlearn.data.world import World
+
+    world = World.toycanvas() if model is None else _world(model)
+    return [c.name for c in world.concepts(kind)]
+
+
+def load_evaluator(model="toy-sd"):
+    """The world's evaluator of a model (default toy-sd): ``ev.predict(images)`` -> labels."""
+    return (load_model(model) if isinstance(model, (str, Path)) else model).evaluator
+
+
+def _world(model):
+    m = load_model(model) if isinstance(model, (str, Path)) else model
+    if m.world is None:
+        raise GenUnlearnError(f"model {m.model_id} has no labelled world")
+    return m.world
+
+
+def _task(task) -> ErasureTask:
+    if isinstance(task, ErasureTask):
+        return task
+    if isinstance(task, (str, list, tuple)):
+        return ErasureTask(task)
+    raise GenUnlearnError(f"task must be an ErasureTask or a concept name, got {task!r}")
+
+
+def resolve_task(model, task) -> ErasureTask:
+    """Check a task against the model's world.
+
+    A single word on a model with a world must be one of its concepts (typos get the closest
+    names); text with spaces is free text and is used as written.
+    """
+    task = _task(task)
+    world = getattr(model, "world", None)
+    if world is not None:
+        for t in task.targets:
+            if " " not in t.strip():
+                world.concept(t)
+    return task
+
+
+def _preset(model, preset: str | None) -> str:
+    return preset or ("toy" if getattr(model, "world", None) is not None else "paper")
+
+
+def _entry_config(entry, preset: str, config, overrides: dict[str, Any]):
+    if preset not in entry.presets:
+        raise GenUnlearnError(
+            f"{entry.name} has no preset {preset!r}; presets: {', '.join(sorted(entry.presets))}"
+        )
+    file_layer = load_yaml(config) if isinstance(config, (str, Path)) else (config or {})
+    where = f"{entry.name} config"
+    return build_config(entry.config, entry.presets[preset], file_layer, overrides, where=where)
+
+
+def _check_requires(entry, model) -> None:
+    missing = [c.value for c in entry.requires if c not in model.capabilities]
+    if missing:
+        raise GenUnlearnError(
+            f"{entry.name} requires {', '.join(missing)}, which model {model.model_id} lacks"
+        )
+
+
+@dataclass
+class Run:
+    """The outcome of :func:`erase`: the erased model and, if saved, its run directory."""
+
+    model: Any
+    method: str
+    task: ErasureTask
+    config: dict[str, Any]
+    result: ErasureResult
+    efficiency: dict[str, float]
+    path: Path | None = None
+    record: dict[str, Any] | None = None
+
+
+def erase(
+    model,
+    method: str,
+    task,
+    out_dir: str | Path | None = None,
+    *,
+    preset: str | None = None,
+    seed: int = 0,
+    config: str | Path | dict | None = None,
+    overwrite: bool = False,
+    samples: bool = True,
+    **overrides,
+) -> Run:
+    """Erase ``task`` from a copy of ``model`` with ``method``; ``model`` itself is unchanged.
+
+    Args:
+        model: an adapter from :func:`load_model`, or a name/path to load.
+        method: registry name (see :func:`list_methods`).
+        task: an :class:`ErasureTask` or a concept name.
+        out_dir: new run directory to write (None: keep the run in memory only).
+        preset: "toy" (default on toy worlds) or "paper" (default elsewhere).
+        seed: seeds torch before the method runs.
+        config: a YAML file or dict of config values (applied after the preset).
+        overwrite: replace an existing run directory at ``out_dir``.
+        samples: write a small PNG grid of target / retain samples into the run directory.
+        **overrides: config values (applied last).
+    """
+    from genunlearn.core.efficiency import measure
+
+    model = load_model(model) if isinstance(model, (str, Path)) else model
+    entry = registry.get("method", method)
+    task = resolve_task(model, task)
+    preset = _preset(model, preset)
+    cfg = _entry_config(entry, preset, config, overrides)
+    _check_requires(entry, model)
+    d = runs.prepare_dir(out_dir, overwrite) if out_dir is not None else None
+    work = model.copy()
+    torch.manual_seed(seed)
+    with measure() as eff:
+        result = entry.fn(work, task, cfg)
+        if not isinstance(result, ErasureResult):
+            raise TypeError(f"method {method} returned {type(result).__name__}, not ErasureResult")
+        if not result.changed:
+            result.changed = work.state_delta(model)
+    run = Run(work, method, task, config_to_dict(cfg), result, dict(eff))
+    if d is not None:
+        run.record = runs.write_run(
+            d, method=method, preset=preset, config=run.config, task=task, seed=seed,
+            model=model, result=result, efficiency=run.efficiency,
+        )  # fmt: skip
+        run.efficiency = run.record["efficiency"]
+        if samples:
+            _write_samples(work, task, d)
+        runs.finish(d)
+        run.path = d
+    return run
+
+
+def _write_samples(model, task: ErasureTask, d: Path) -> None:
+    from genunlearn.core.images import save_grid
+
+    world = model.world
+    if world is not None and all(world.kind_of(t) for t in task.targets):
+        has, without = world.split(list(task.targets))
+        prompts = [world.caption(lab) for lab in has[:4] + without[:4]]
+    else:
+        prompts = list(task.targets)
+    save_grid(model.sample(prompts, n=2, seed=0), d / "samples.png", nrow=4)
+
+
+def load_run(path: str | Path, model=None):
+    """The erased model of a run directory: its base model with the saved artifact applied.
+
+    Args:
+        path: a complete run directory written by :func:`erase`.
+        model: the base model, if already loaded (must have the run's base hash).
+    """
+    rec = runs.read_record(path)
+    base = model if model is not None else load_model(rec["base_model"])
+    if base.base_hash != rec["base_hash"]:
+        raise GenUnlearnError(
+            f"run {path} was made on a base model with hash {rec['base_hash'][:12]}…, not "
+            f"{base.base_hash[:12]}… ({base.model_id})"
+        )
+    out = base.copy()
+    out.apply_delta(runs.load_artifact(path, base.base_hash))
+    out.apply_inference(rec.get("inference") or {})
+    return out
+
+
+def evaluate(
+    model, task=None, protocol: str = "unlearncanvas", *, config=None, **overrides
+) -> dict[str, float]:
+    """Score a model with a metric family (``list_metrics()``); returns a dict of figures."""
+    model = load_model(model) if isinstance(model, (str, Path)) else model
+    entry = registry.get("metric", protocol)
+    file_layer = load_yaml(config) if isinstance(config, (str, Path)) else (config or {})
+    cfg = build_config(entry.config, file_layer, overrides, where=f"{protocol} config")
+    task = resolve_task(model, task) if task is not None else None
+    return entry.fn(model, task, cfg)
+
+
+def attack(
+    model, name: str, task, *, original=None, preset: str | None = None, config=None, **overrides
+) -> AttackResult:
+    """Attack ``model`` to bring ``task``'s concept back; ``original``: the unerased model."""
+    model = load_model(model) if isinstance(model, (str, Path)) else model
+    entry = registry.get("attack", name)
+    task = resolve_task(model, task)
+    cfg = _entry_config(entry, _preset(model, preset), config, overrides)
+    _check_requires(entry, model)
+    torch.manual_seed(getattr(cfg, "seed", 0))
+    return entry.fn(model, task, cfg, original=original)
+
+
+def run_benchmark(spec, out_dir: str | Path = "results", *, ray: str | bool | None = None, **kw):
+    """Run a benchmark grid (YAML path or dict) into ``out_dir``; returns the results path."""
+    from genunlearn.bench.runner import run_spec
+
+    return run_spec(spec, out_dir, ray=ray, **kw)

@@ -1,0 +1,1 @@
+"""Attacks on erased models: one module per attack, file name == registry key."""

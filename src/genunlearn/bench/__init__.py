@@ -1,0 +1,1 @@
+"""Benchmark grids: spec expansion, runner (in-process or Ray), JSONL results."""

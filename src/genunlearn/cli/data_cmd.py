@@ -1,0 +1,32 @@
+"""ToyCanvas data: preview a grid of the world (rows: objects, columns: styles)."""
+
+from __future__ import annotations
+
+HELP = "preview the ToyCanvas world"
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="action", required=True)
+    pr = sub.add_parser("preview", help="write a PNG grid: one row per object, one column per style")
+    pr.add_argument("--out", required=True, help="output PNG path")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--scale", type=int, default=4, help="pixel upscaling of the PNG")
+
+
+def run(args) -> int:
+    import numpy as np
+    import torch
+
+    from genunlearn.core.images import save_grid
+    from genunlearn.data import toycanvas as tc
+
+    colours = list(tc.COLOURS)
+    imgs = [
+        tc.sample_labelled(o, s, colours[(i + j) % len(colours)], args.seed, 0)
+        for i, o in enumerate(tc.OBJECTS)
+        for j, s in enumerate(tc.STYLES)
+    ]
+    t = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
+    path = save_grid(t, args.out, nrow=len(tc.STYLES), scale=args.scale)
+    print(f"wrote {path} ({len(tc.OBJECTS)} objects x {len(tc.STYLES)} styles)")
+    return 0

@@ -1,0 +1,48 @@
+"""``genunlearn`` entry point: builds the sub-command parsers and turns user errors into messages."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+COMMANDS = ("ls", "data", "testbed", "generate", "erase", "eval", "attack", "bench", "report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genunlearn",
+        description="Machine unlearning for generative image models: erase concepts, attack the "
+        "erased model, benchmark methods (toy-sd testbed built in).",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        mod = importlib.import_module(f"genunlearn.cli.{name}_cmd")
+        p = sub.add_parser(name, help=mod.HELP, description=mod.__doc__)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 for bad input, with a one-line message)."""
+    from genunlearn.types import GenUnlearnError
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except GenUnlearnError as e:
+        print(f"genunlearn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

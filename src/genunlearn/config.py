@@ -1,0 +1,121 @@
+"""Typed, frozen dataclass configs built from presets, YAML files and ``key=value`` overrides.
+
+Unknown keys are errors that list the valid keys; values given as text (CLI) are parsed as YAML
+scalars/lists and checked against the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any
+
+from genunlearn.types import GenUnlearnError
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["steps=50", "lr=1e-5"]`` -> ``{"steps": 50, "lr": 1e-05}`` (values parsed as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise GenUnlearnError(f"override {item!r} is not of the form key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping is a clear error."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise GenUnlearnError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise GenUnlearnError(f"{p} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise GenUnlearnError(f"{p} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errs = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(name, value, a, where)
+            except GenUnlearnError as e:
+                errs.append(str(e))
+        raise GenUnlearnError(errs[0] if errs else f"{where}: bad value for {name}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise GenUnlearnError(f"{where}: {name} must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        vals = [_coerce(name, v, inner, where) for v in value]
+        return tuple(vals) if origin is tuple else vals
+    if tp is Any or tp is object:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise GenUnlearnError(f"{where}: {name} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise GenUnlearnError(f"{where}: {name} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise GenUnlearnError(f"{where}: {name} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise GenUnlearnError(f"{where}: {name} must be text, got {value!r}")
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise GenUnlearnError(f"{where}: {name} has an unsupported value {value!r}")
+
+
+def build_config(cls: type, *layers: dict[str, Any] | None, where: str = "config"):
+    """Instantiate dataclass ``cls`` from its defaults overlaid with ``layers`` (later wins).
+
+    Raises:
+        GenUnlearnError: a key that is not a field of ``cls`` (the message lists the valid keys and
+            the closest match), or a value of the wrong type.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for k, v in (layer or {}).items():
+            if k not in fields:
+                close = difflib.get_close_matches(k, sorted(fields), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise GenUnlearnError(
+                    f"{where}: unknown key {k!r}{hint}. Valid keys: {', '.join(sorted(fields))}"
+                )
+            merged[k] = _coerce(k, v, hints[k], where)
+    return cls(**merged)
+
+
+def config_to_dict(cfg) -> dict[str, Any]:
+    """A JSON-friendly dict of a config dataclass (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}

@@ -1,0 +1,1 @@
+"""Shared machinery for methods, attacks and metrics (plain functions, unit-tested)."""

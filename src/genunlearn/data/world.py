@@ -1,0 +1,97 @@
+"""A model's *world*: its labelled concepts, caption template and evaluation prompt sets.
+
+ToyCanvas is the built-in world (heads object / style / colour). A pipeline trained on a user's
+image folder carries a one-head world (``class``). The world drives ``list_concepts``, task
+resolution (is "star" a concept? of which kind?) and the UnlearnCanvas-style prompt splits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+from genunlearn.registry import unknown_name_message
+from genunlearn.types import Concept, GenUnlearnError
+
+
+@dataclass(frozen=True)
+class World:
+    """Labelled concepts and the caption template of a world.
+
+    Attributes:
+        name: "toycanvas" or the user's data folder name.
+        heads: kind -> ordered concept names (the evaluator's heads, same order).
+        template: caption format with one ``{kind}`` field per head.
+    """
+
+    name: str
+    heads: dict[str, tuple[str, ...]]
+    template: str
+
+    @classmethod
+    def toycanvas(cls) -> World:
+        from genunlearn.data import toycanvas
+
+        return cls("toycanvas", dict(toycanvas.KINDS), "a {colour} {object} in {style} style")
+
+    @classmethod
+    def load(cls, path: str | Path) -> World:
+        d = json.loads(Path(path).read_text())
+        return cls(d["name"], {k: tuple(v) for k, v in d["heads"].items()}, d["template"])
+
+    def concepts(self, kind: str | None = None) -> list[Concept]:
+        """All concepts, or those of one kind; an unknown kind lists the valid kinds."""
+        if kind is not None and kind not in self.heads:
+            raise GenUnlearnError(unknown_name_message("concept kind", kind, list(self.heads)))
+        return [Concept(n, k) for k, v in self.heads.items() if kind in (None, k) for n in v]
+
+    def kind_of(self, name: str) -> str | None:
+        for k, v in self.heads.items():
+            if name in v:
+                return k
+        return None
+
+    def concept(self, name: str) -> Concept:
+        """The concept called ``name``; unknown names raise an error with the closest names."""
+        kind = self.kind_of(name)
+        if kind is None:
+            valid = [c.name for c in self.concepts()]
+            raise GenUnlearnError(unknown_name_message(f"{self.name} concept", name, valid))
+        return Concept(name, kind)
+
+    def text(self, name: str) -> str:
+        """How a concept is said in a prompt: styles as "striped style", the rest by name."""
+        return f"{name} style" if self.kind_of(name) == "style" else name
+
+    def caption(self, labels: dict[str, str]) -> str:
+        return self.template.format(**labels)
+
+    def grid(self) -> list[dict[str, str]]:
+        """One label set per prompt of the evaluation grid.
+
+        For a multi-head world every pair of the first two heads appears once and the remaining
+        heads cycle (ToyCanvas: 10 objects x 8 styles = 80 prompts, colours cycling so that each
+        colour appears equally often). A one-head world has one prompt per class.
+        """
+        kinds = list(self.heads)
+        main = [k for k in kinds if k != "colour"][:2] if len(kinds) > 1 else kinds
+        rest = [k for k in kinds if k not in main]
+        out = []
+        for combo in product(*(self.heads[k] for k in main)):
+            labels = dict(zip(main, combo, strict=True))
+            pos = sum(self.heads[k].index(v) for k, v in labels.items())
+            for k in rest:
+                labels[k] = self.heads[k][pos % len(self.heads[k])]
+            out.append(labels)
+        return out
+
+    def split(self, targets: list[str]) -> tuple[list[dict], list[dict]]:
+        """Grid prompts containing any target, and those containing none (retain prompts)."""
+        for t in targets:
+            self.concept(t)
+        has, without = [], []
+        for labels in self.grid():
+            (has if any(v in targets for v in labels.values()) else without).append(labels)
+        return has, without

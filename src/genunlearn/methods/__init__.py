@@ -1,0 +1,1 @@
+"""Erasure methods: one module per method, file name == registry key."""

@@ -1,0 +1,127 @@
+"""Evaluator-based protocols: prompt fidelity and UnlearnCanvas' UA / IRA / CRA.
+
+UnlearnCanvas (Zhang et al., https://arxiv.org/abs/2402.11846) scores an unlearned model with a
+classifier of its world. For a target concept of kind k (style or object; ToyCanvas adds colour):
+
+- UA  = share of images whose prompt contains the target that the evaluator does **not** label as
+  the target (head k).
+- IRA = head-k accuracy on images whose prompt does not contain the target (the other concepts of
+  the same kind).
+- CRA = accuracy of the other heads on those same retain images (mean over heads; per head as
+  ``cra_<head>``). UnlearnCanvas' release script leaves open whether CRA uses all images or those
+  without the target; we use those without it, so that CRA measures retention only.
+
+Prompts are the world's evaluation grid (ToyCanvas: every object x style pair once, colours
+cycling), ``n_per_prompt`` images each at seeds ``seed .. seed+n-1``. ``fid`` is the feature FID
+of the retain images against real world images of the same labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from genunlearn.registry import register_metric
+from genunlearn.types import GenUnlearnError
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    """Args: n_per_prompt images per grid prompt; seed of image 0; sampler steps and guidance."""
+
+    n_per_prompt: int = 5
+    seed: int = 0
+    steps: int | None = None
+    guidance: float | None = None
+
+
+@dataclass(frozen=True)
+class UnlearnCanvasConfig:
+    """Args: as :class:`FidelityConfig`, plus ``fid`` (compute the feature FID) and ``real_seed``."""
+
+    n_per_prompt: int = 3
+    seed: int = 0
+    steps: int | None = None
+    guidance: float | None = None
+    fid: bool = True
+    real_seed: int = 9_999
+
+
+def _need_world(model):
+    if getattr(model, "world", None) is None or getattr(model, "evaluator_dir", None) is None:
+        raise GenUnlearnError(
+            f"model {model.model_id} has no labelled world and evaluator; this protocol needs "
+            "toy-sd or a pipeline trained by 'genunlearn testbed train'"
+        )
+    return model.world
+
+
+def generate_and_label(model, label_sets, cfg):
+    """Sample ``cfg.n_per_prompt`` images per label set; returns (images, predictions, labels)."""
+    world = model.world
+    prompts = [world.caption(lab) for lab in label_sets]
+    images = model.sample(prompts, n=cfg.n_per_prompt, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed)
+    preds = model.evaluator.predict(images)
+    labels = [lab for lab in label_sets for _ in range(cfg.n_per_prompt)]
+    return images, preds, labels
+
+
+def _acc(preds, labels, head) -> float:
+    return sum(p == lab[head] for p, lab in zip(preds[head], labels, strict=True)) / max(1, len(labels))
+
+
+@register_metric("fidelity", config=FidelityConfig)
+def fidelity(model, task, cfg: FidelityConfig) -> dict[str, float]:
+    """Per-head accuracy of the evaluator on the model's generations for the whole grid."""
+    world = _need_world(model)
+    _, preds, labels = generate_and_label(model, world.grid(), cfg)
+    out = {f"{h}_acc": _acc(preds, labels, h) for h in world.heads}
+    out["n_images"] = len(labels)
+    out["n_prompts"] = len(world.grid())
+    return out
+
+
+def real_images(world, label_sets, n: int, seed: int) -> torch.Tensor:
+    """Real world images with the given labels (ToyCanvas only), n per label set."""
+    from genunlearn.data import toycanvas
+
+    if world.name != "toycanvas":
+        raise GenUnlearnError("real reference images are only built in for the ToyCanvas world")
+    arr = [
+        toycanvas.sample_labelled(lab["object"], lab["style"], lab["colour"], seed, i)
+        for lab in label_sets
+        for i in range(n)
+    ]
+    return torch.from_numpy(__import__("numpy").stack(arr)).permute(0, 3, 1, 2).float() / 255.0
+
+
+@register_metric("unlearncanvas", config=UnlearnCanvasConfig)
+def unlearncanvas(model, task, cfg: UnlearnCanvasConfig) -> dict[str, float]:
+    """UA, IRA, CRA (and feature FID) for the task's targets, which must be world concepts."""
+    from genunlearn.metrics.fid import fid
+
+    world = _need_world(model)
+    if task is None:
+        raise GenUnlearnError("protocol 'unlearncanvas' needs a task (the erased target)")
+    targets = list(task.targets)
+    kinds = {world.concept(t).kind for t in targets}
+    has, without = world.split(targets)
+    _, p_t, l_t = generate_and_label(model, has, cfg)
+    images_r, p_r, l_r = generate_and_label(model, without, cfg)
+    erased = [
+        not any(lab[k] == p_t[k][i] and lab[k] in targets for k in kinds)
+        for i, lab in enumerate(l_t)
+    ]
+    out = {"ua": sum(erased) / max(1, len(erased))}
+    out["ira"] = sum(_acc(p_r, l_r, k) for k in kinds) / len(kinds)
+    others = [h for h in world.heads if h not in kinds]
+    for h in others:
+        out[f"cra_{h}"] = _acc(p_r, l_r, h)
+    out["cra"] = sum(out[f"cra_{h}"] for h in others) / max(1, len(others))
+    if cfg.fid and world.name == "toycanvas":
+        real = real_images(world, without, cfg.n_per_prompt, cfg.real_seed)
+        out["fid"] = fid(model.evaluator.features, images_r, real)
+    out["n_target_images"] = len(l_t)
+    out["n_retain_images"] = len(l_r)
+    return out

@@ -1,0 +1,61 @@
+"""The ModelAdapter protocol: everything methods, attacks and metrics may ask of a model.
+
+Family quirks (diffusers SD pipelines today; DDPM, GAN, VAE, image-to-image later) live only in
+the adapters; code above ``models/`` talks to this protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Protocol, runtime_checkable
+
+import torch
+
+from genunlearn.types import Capability
+
+
+@runtime_checkable
+class ModelAdapter(Protocol):
+    """A generative model as genunlearn sees it."""
+
+    model_id: str
+    capabilities: frozenset[Capability]
+    inference: dict[str, Any]
+
+    @property
+    def denoiser(self) -> torch.nn.Module: ...
+
+    @property
+    def text_encoder(self) -> torch.nn.Module: ...
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    @property
+    def base_hash(self) -> str: ...
+
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor: ...
+
+    def predict_noise(self, x_t: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor: ...
+
+    def sample(
+        self,
+        prompts: list[str],
+        n: int = 1,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int = 0,
+    ) -> torch.Tensor: ...
+
+    def cross_attention_layers(self) -> dict[str, torch.nn.Module]: ...
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]: ...
+
+    def frozen_copy(self) -> ModelAdapter: ...
+
+    def copy(self) -> ModelAdapter: ...
+
+    def state_delta(self, reference: ModelAdapter) -> dict[str, torch.Tensor]: ...
+
+    def apply_delta(self, changed: dict[str, torch.Tensor]) -> None: ...
+
+    def apply_inference(self, state: dict[str, Any]) -> None: ...

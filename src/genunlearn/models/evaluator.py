@@ -1,0 +1,174 @@
+"""The world's evaluator: a small CNN with one classification head per attribute.
+
+On ToyCanvas it has ``object``, ``style`` and ``colour`` heads and plays the role that the
+fine-tuned ViT-L/16 plays in UnlearnCanvas: it scores UA / IRA / CRA, gives the features of the
+feature-space FID, and judges attack success. For a user's own image folder (``testbed train
+--data DIR``) it has a single ``class`` head.
+
+Training uses light blur and noise augmentation so that the evaluator judges decoded samples of
+a latent model (slightly softer than the rendered world) as it judges real images.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+WEIGHTS = "evaluator.safetensors"
+META = "evaluator.json"
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.SiLU(),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.SiLU(),
+    )
+
+
+class Evaluator(nn.Module):
+    """Multi-head image classifier for a labelled world.
+
+    Args:
+        heads: attribute name -> ordered list of label names.
+        width: channels of the first stage (doubled twice).
+        image_size: side of the square input images the evaluator was trained on.
+    """
+
+    def __init__(self, heads: dict[str, list[str]], width: int = 32, image_size: int = 32):
+        super().__init__()
+        self.heads_labels = {k: list(v) for k, v in heads.items()}
+        self.width = width
+        self.image_size = image_size
+        w = width
+        self.body = nn.Sequential(
+            _block(3, w),
+            nn.MaxPool2d(2),
+            _block(w, 2 * w),
+            nn.MaxPool2d(2),
+            _block(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.heads = nn.ModuleDict({k: nn.Linear(4 * w, len(v)) for k, v in heads.items()})
+
+    @property
+    def feature_dim(self) -> int:
+        return 4 * self.width
+
+    def _prep(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", antialias=True)
+        return x * 2.0 - 1.0
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features [N, feature_dim] of images in [0, 1] (used by the feature-space FID)."""
+        return self.body(self._prep(images))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.features(images)
+        return {k: h(f) for k, h in self.heads.items()}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch_size: int = 256) -> dict[str, list[str]]:
+        """Label names per head for images [N, 3, H, W] in [0, 1]."""
+        was = self.training
+        self.eval()
+        out: dict[str, list[str]] = {k: [] for k in self.heads_labels}
+        for i in range(0, len(images), batch_size):
+            logits = self(images[i : i + batch_size])
+            for k, v in logits.items():
+                out[k] += [self.heads_labels[k][j] for j in v.argmax(1).tolist()]
+        self.train(was)
+        return out
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``evaluator.safetensors`` and ``evaluator.json`` into ``directory``."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(d / WEIGHTS))
+        meta = {"heads": self.heads_labels, "width": self.width, "image_size": self.image_size}
+        (d / META).write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Evaluator:
+        """Load an evaluator saved by :meth:`save`."""
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / META).is_file() or not (d / WEIGHTS).is_file():
+            raise FileNotFoundError(
+                f"{d} is not an evaluator directory: expected {META} and {WEIGHTS} in it"
+            )
+        meta = json.loads((d / META).read_text())
+        ev = cls(meta["heads"], meta["width"], meta["image_size"])
+        ev.load_state_dict(load_file(str(d / WEIGHTS)))
+        return ev.eval()
+
+
+def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Blur half of the batch a little and add faint noise (images in [0, 1])."""
+    n = x.shape[0]
+    k = torch.tensor([0.25, 0.5, 0.25])
+    kernel = (k[:, None] * k[None, :]).expand(3, 1, 3, 3)
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    w = torch.rand(n, 1, 1, 1, generator=g) * (torch.rand(n, 1, 1, 1, generator=g) < 0.5)
+    x = (1 - w) * x + w * blurred
+    return (x + 0.02 * torch.rand(n, 1, 1, 1, generator=g) * torch.randn(x.shape, generator=g)).clamp(
+        0, 1
+    )
+
+
+def train_evaluator(
+    images,
+    labels,
+    heads: dict[str, list[str]],
+    steps: int = 1500,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> Evaluator:
+    """Train an :class:`Evaluator` on uint8 images [N, H, W, 3] and int labels [N, len(heads)].
+
+    Args:
+        images: uint8 array or tensor of images.
+        labels: integer label indices, one column per head, in ``heads`` order.
+        heads: attribute -> label names.
+        steps: optimisation steps (AdamW, one-cycle schedule).
+        batch_size: images per step.
+        lr: peak learning rate.
+        seed: seeds initialisation, batches and augmentation.
+        progress: show a progress bar.
+    """
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    x_all = torch.as_tensor(images).permute(0, 3, 1, 2).contiguous()
+    y_all = torch.as_tensor(labels).long()
+    ev = Evaluator(heads, image_size=x_all.shape[-1])
+    opt = torch.optim.AdamW(ev.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    ev.train()
+    names = list(heads)
+    for _ in tqdm(range(steps), desc="evaluator", disable=not progress):
+        idx = torch.randint(0, len(x_all), (batch_size,), generator=g)
+        x = _augment(x_all[idx].float() / 255.0, g)
+        out = ev(x)
+        loss = sum(F.cross_entropy(out[k], y_all[idx, i]) for i, k in enumerate(names))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return ev.eval()
