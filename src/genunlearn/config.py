@@ -17,14 +17,12 @@ from genunlearn.types import GenUnlearnError
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """``["steps=50", "lr=1e-5"]`` -> ``{"steps": 50, "lr": 1e-05}`` (values parsed as YAML)."""
-    import yaml
-
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
             raise GenUnlearnError(f"override {item!r} is not of the form key=value")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+        out[k.strip()] = _scalar(v.strip()) if v.strip() else ""
     return out
 
 
@@ -42,8 +40,28 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise GenUnlearnError(f"{p} must hold a mapping of keys to values, got {type(data).__name__}")
+        raise GenUnlearnError(
+            f"{p} must hold a mapping of keys to values, got {type(data).__name__}"
+        )
     return data
+
+
+def _number(text: str, default: Any) -> Any:
+    """``"1e-3"`` -> 0.001, ``"3"`` -> 3 (YAML 1.1 reads "1e-3" as text); else ``default``."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return default
+
+
+def _scalar(text: str) -> Any:
+    """One item of a comma-separated list, parsed like a YAML scalar (numbers as numbers)."""
+    import yaml
+
+    num = _number(text, None)
+    return num if num is not None else yaml.safe_load(text)
 
 
 def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
@@ -63,7 +81,7 @@ def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
         raise GenUnlearnError(errs[0] if errs else f"{where}: bad value for {name}")
     if origin in (tuple, list):
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [_scalar(v.strip()) for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise GenUnlearnError(f"{where}: {name} must be a list, got {value!r}")
         inner = args[0] if args else Any
@@ -75,6 +93,8 @@ def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             return value
         raise GenUnlearnError(f"{where}: {name} must be true or false, got {value!r}")
+    if tp in (int, float) and isinstance(value, str):
+        value = _number(value, value)
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -9,8 +9,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from genunlearn.types import Capability, GenUnlearnError, Needs
 
@@ -27,6 +28,7 @@ class Entry:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     summary: str = ""
     paper: str = ""
+    modifies: str = ""  # regex over parameter names a method may change ("" = none)
 
 
 _REGISTRIES: dict[str, dict[str, Entry]] = {"method": {}, "attack": {}, "metric": {}}
@@ -38,7 +40,8 @@ def _register(kind: str, name: str, **kw):
     def deco(fn):
         if name in _REGISTRIES[kind]:
             raise GenUnlearnError(f"{kind} {name!r} is registered twice")
-        doc = (fn.__module__ and importlib.import_module(fn.__module__).__doc__) or ""
+        doc = importlib.import_module(fn.__module__).__doc__ or "" if kind != "metric" else ""
+        doc = doc or fn.__doc__ or ""
         summary = doc.strip().splitlines()[0] if doc.strip() else ""
         _REGISTRIES[kind][name] = Entry(name=name, fn=fn, summary=summary, **kw)
         return fn
@@ -46,11 +49,24 @@ def _register(kind: str, name: str, **kw):
     return deco
 
 
-def register_method(name, *, config=None, requires=(), needs=(), presets=None, paper=""):
-    """Decorator registering ``erase(model, task, cfg) -> ErasureResult`` under ``name``."""
+def register_method(
+    name, *, config=None, requires=(), needs=(), presets=None, paper="", modifies=""
+):
+    """Decorator registering ``erase(model, task, cfg) -> ErasureResult`` under ``name``.
+
+    Args:
+        name: registry key (== module file name).
+        config: the frozen config dataclass (paper defaults).
+        requires: capabilities the model must offer.
+        needs: data the method needs beyond the target text.
+        presets: preset name ("toy", "paper") -> config overrides.
+        paper: the paper's address.
+        modifies: regex over ``component.parameter`` names the method may change ("" = none);
+            the contract tests hold every method to it.
+    """
     return _register(
         "method", name, config=config, requires=tuple(requires), needs=tuple(needs),
-        presets=presets or {}, paper=paper,
+        presets=presets or {}, paper=paper, modifies=modifies,
     )  # fmt: skip
 
 

@@ -11,7 +11,7 @@ class GenUnlearnError(Exception):
     """A user-facing error: the message says what was wrong and what would be right."""
 
 
-class Capability(str, enum.Enum):
+class Capability(enum.StrEnum):
     """What a model adapter offers; methods list the ones they require."""
 
     CROSS_ATTENTION = "cross_attention"
@@ -21,7 +21,7 @@ class Capability(str, enum.Enum):
     WORLD_EVALUATOR = "world_evaluator"
 
 
-class Needs(str, enum.Enum):
+class Needs(enum.StrEnum):
     """Data a method needs beyond the model and the target text."""
 
     FORGET_IMAGES = "forget_images"
@@ -55,7 +55,9 @@ class ErasureTask:
     def __post_init__(self):
         if isinstance(self.target, list):
             object.__setattr__(self, "target", tuple(self.target))
-        if isinstance(self.retain, list):
+        if isinstance(self.retain, str):
+            object.__setattr__(self, "retain", (self.retain,))
+        elif isinstance(self.retain, list):
             object.__setattr__(self, "retain", tuple(self.retain))
         if not self.targets or any(not isinstance(t, str) or not t.strip() for t in self.targets):
             raise GenUnlearnError(f"ErasureTask.target must be non-empty text, got {self.target!r}")

@@ -60,12 +60,16 @@ def run_cell(cell: Cell, spec: Spec, out: Path) -> list[dict[str, Any]]:
         scores = api.evaluate(run.model, cell.concept, protocol, seed=cell.seed, **ev)
         for k, v in {**scores, **run.efficiency}.items():
             if isinstance(v, (int, float)):
-                rows.append({**base, "attack": None, "metric": k, "value": float(v), "status": "ok"})
+                rows.append(
+                    {**base, "attack": None, "metric": k, "value": float(v), "status": "ok"}
+                )
         for a in spec.attacks:
             res = api.attack(run.model, a, cell.concept, original=model, **spec.attack_config)
             for k, v in res.summary().items():
                 if isinstance(v, (int, float)):
-                    rows.append({**base, "attack": a, "metric": k, "value": float(v), "status": "ok"})
+                    rows.append(
+                        {**base, "attack": a, "metric": k, "value": float(v), "status": "ok"}
+                    )
             examples = [p for p, ok in zip(res.adversarial_prompts, res.success, strict=True) if ok]
             rows.append(
                 {**base, "attack": a, "metric": "examples", "value": None, "status": "ok",

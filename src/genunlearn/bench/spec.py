@@ -81,7 +81,9 @@ def _method(m) -> MethodSpec:
             raise GenUnlearnError(
                 f"method entry {m!r}: needs 'name'; allowed keys: name, preset, overrides, label"
             )
-        return MethodSpec(m["name"], m.get("preset"), dict(m.get("overrides") or {}), m.get("label", ""))
+        return MethodSpec(
+            m["name"], m.get("preset"), dict(m.get("overrides") or {}), m.get("label", "")
+        )
     raise GenUnlearnError(f"method entry {m!r} must be a name or a mapping")
 
 
@@ -131,7 +133,9 @@ def expand_concepts(entries: list[Any], world) -> list[str]:
             out.append(e)
         elif isinstance(e, dict) and "kind" in e:
             if world is None:
-                raise GenUnlearnError("concept selectors by kind need a model with a labelled world")
+                raise GenUnlearnError(
+                    "concept selectors by kind need a model with a labelled world"
+                )
             names = [c.name for c in world.concepts(e["kind"])]
             out += names[: int(e.get("n", len(names)))]
         else:

@@ -7,7 +7,9 @@ HELP = "preview the ToyCanvas world"
 
 def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="action", required=True)
-    pr = sub.add_parser("preview", help="write a PNG grid: one row per object, one column per style")
+    pr = sub.add_parser(
+        "preview", help="write a PNG grid: one row per object, one column per style"
+    )
     pr.add_argument("--out", required=True, help="output PNG path")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--scale", type=int, default=4, help="pixel upscaling of the PNG")

@@ -25,7 +25,9 @@ def run(args) -> int:
     from genunlearn.config import parse_overrides
     from genunlearn.types import ErasureTask
 
-    task = ErasureTask(tuple(args.concept) if len(args.concept) > 1 else args.concept[0], args.anchor)
+    task = ErasureTask(
+        tuple(args.concept) if len(args.concept) > 1 else args.concept[0], args.anchor
+    )
     r = api.erase(
         args.model, args.method, task, args.out, preset=args.preset, seed=args.seed,
         config=args.config, overwrite=args.overwrite, **parse_overrides(args.set),

@@ -1,9 +1,9 @@
 """Evaluate: a protocol on a model or run, the evaluator itself, or the base model's fidelity.
 
-  genunlearn eval evaluator            evaluator accuracy on fresh ToyCanvas images
-  genunlearn eval base                 toy-sd prompt fidelity (fidelity protocol)
-  genunlearn eval run --run DIR        a protocol on an erased run (default unlearncanvas)
-  genunlearn eval model --model M      a protocol on a model
+genunlearn eval evaluator            evaluator accuracy on fresh ToyCanvas images
+genunlearn eval base                 toy-sd prompt fidelity (fidelity protocol)
+genunlearn eval run --run DIR        a protocol on an erased run (default unlearncanvas)
+genunlearn eval model --model M      a protocol on a model
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ def run(args) -> int:
     if args.target == "evaluator":
         from genunlearn.metrics.evaluator_accuracy import evaluator_accuracy
 
-        res = evaluator_accuracy(api.load_model(args.model), args.images, overrides.get("seed", 12345))
+        res = evaluator_accuracy(
+            api.load_model(args.model), args.images, overrides.get("seed", 12345)
+        )
     elif args.target == "base":
         res = api.evaluate(args.model, None, args.protocol or "fidelity", **overrides)
     else:

@@ -13,7 +13,9 @@ def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="action", required=True)
     tr = sub.add_parser("train", help="train (resumable); writes OUT/toy-sd with its evaluator")
     tr.add_argument("--out", required=True, help="output directory (resumes if it holds a run)")
-    tr.add_argument("--data", default=None, help="class-per-folder image directory instead of ToyCanvas")
+    tr.add_argument(
+        "--data", default=None, help="class-per-folder image directory instead of ToyCanvas"
+    )
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--images", type=int, default=None, help="ToyCanvas images to render")
     tr.add_argument("--evaluator-steps", type=int, default=None)
@@ -49,7 +51,9 @@ def run(args) -> int:
         "vae_steps": args.vae_steps,
         "unet_steps": args.unet_steps,
     }
-    recipe = dataclasses.replace(TrainRecipe(), **{k: v for k, v in changes.items() if v is not None})
+    recipe = dataclasses.replace(
+        TrainRecipe(), **{k: v for k, v in changes.items() if v is not None}
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     path = train_testbed(out, recipe, data_dir=args.data, progress=not args.quiet)
     print(f"pipeline: {path}  (load it with genunlearn.load_model({str(path)!r}))")

@@ -48,6 +48,4 @@ def measure():
         yield out
     finally:
         out["seconds"] = time.perf_counter() - t0
-        out["peak_memory_bytes"] = (
-            torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()
-        )
+        out["peak_memory_bytes"] = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()

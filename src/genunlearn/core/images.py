@@ -27,7 +27,9 @@ def to_grid(images: torch.Tensor, nrow: int | None = None, scale: int = 1, pad: 
     return img
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 4) -> Path:
+def save_grid(
+    images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 4
+) -> Path:
     """Write ``images`` as one PNG grid; returns the path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from genunlearn.types import GenUnlearnError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
@@ -26,20 +28,21 @@ def load_folder(directory: str | Path, size: int = 32):
         (uint8 images [N, size, size, 3], int64 labels [N, 1], captions, class names).
 
     Raises:
-        FileNotFoundError: the directory is missing or holds no class folder with images.
+        GenUnlearnError: the directory is missing, holds no class folder with images, or has a
+            captions file without the 'file' and 'caption' columns.
     """
     from PIL import Image
 
     root = Path(directory)
     if not root.is_dir():
-        raise FileNotFoundError(f"--data {root}: not a directory")
+        raise GenUnlearnError(f"--data {root}: not a directory")
     classes = sorted(
         p.name
         for p in root.iterdir()
         if p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir())
     )
     if not classes:
-        raise FileNotFoundError(
+        raise GenUnlearnError(
             f"--data {root}: expected one sub-folder per class holding images "
             f"({', '.join(sorted(IMAGE_SUFFIXES))}); found none"
         )
@@ -49,7 +52,7 @@ def load_folder(directory: str | Path, size: int = 32):
         with cap_file.open(newline="") as fh:
             reader = csv.DictReader(fh)
             if not reader.fieldnames or not {"file", "caption"} <= set(reader.fieldnames):
-                raise ValueError(f"{cap_file}: needs the columns 'file' and 'caption'")
+                raise GenUnlearnError(f"{cap_file}: needs the columns 'file' and 'caption'")
             captions = {row["file"]: row["caption"] for row in reader}
     imgs, labels, caps = [], [], []
     for ci, name in enumerate(classes):

@@ -61,14 +61,18 @@ def generate_and_label(model, label_sets, cfg):
     """Sample ``cfg.n_per_prompt`` images per label set; returns (images, predictions, labels)."""
     world = model.world
     prompts = [world.caption(lab) for lab in label_sets]
-    images = model.sample(prompts, n=cfg.n_per_prompt, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed)
+    images = model.sample(
+        prompts, n=cfg.n_per_prompt, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed
+    )
     preds = model.evaluator.predict(images)
     labels = [lab for lab in label_sets for _ in range(cfg.n_per_prompt)]
     return images, preds, labels
 
 
 def _acc(preds, labels, head) -> float:
-    return sum(p == lab[head] for p, lab in zip(preds[head], labels, strict=True)) / max(1, len(labels))
+    return sum(p == lab[head] for p, lab in zip(preds[head], labels, strict=True)) / max(
+        1, len(labels)
+    )
 
 
 @register_metric("fidelity", config=FidelityConfig)

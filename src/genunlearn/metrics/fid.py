@@ -7,7 +7,7 @@ network's 2048-d pool features and gets the standard FID from the same function.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -38,7 +38,9 @@ def features(
     extractor: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch: int = 256
 ) -> torch.Tensor:
     """Run ``extractor`` over images [N, 3, H, W] in [0, 1] in batches; returns [N, D]."""
-    return torch.cat([extractor(images[i : i + batch]).flatten(1) for i in range(0, len(images), batch)])
+    return torch.cat(
+        [extractor(images[i : i + batch]).flatten(1) for i in range(0, len(images), batch)]
+    )
 
 
 def fid(extractor, generated: torch.Tensor, real: torch.Tensor) -> float:

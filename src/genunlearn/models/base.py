@@ -6,7 +6,8 @@ the adapters; code above ``models/`` talks to this protocol.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Protocol, runtime_checkable
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 

@@ -44,6 +44,14 @@ class Evaluator(nn.Module):
 
     def __init__(self, heads: dict[str, list[str]], width: int = 32, image_size: int = 32):
         super().__init__()
+        reserved = [k for k in heads if hasattr(nn.Module, k) or k in ("body", "heads")]
+        if reserved:
+            from genunlearn.types import GenUnlearnError
+
+            raise GenUnlearnError(
+                f"evaluator head names {reserved} clash with torch.nn.Module attributes; "
+                "rename those attributes (e.g. 'kind' instead of 'type')"
+            )
         self.heads_labels = {k: list(v) for k, v in heads.items()}
         self.width = width
         self.image_size = image_size
@@ -107,7 +115,9 @@ class Evaluator(nn.Module):
 
         d = Path(directory)
         if not (d / META).is_file() or not (d / WEIGHTS).is_file():
-            raise FileNotFoundError(
+            from genunlearn.types import GenUnlearnError
+
+            raise GenUnlearnError(
                 f"{d} is not an evaluator directory: expected {META} and {WEIGHTS} in it"
             )
         meta = json.loads((d / META).read_text())
@@ -124,9 +134,9 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
     w = torch.rand(n, 1, 1, 1, generator=g) * (torch.rand(n, 1, 1, 1, generator=g) < 0.5)
     x = (1 - w) * x + w * blurred
-    return (x + 0.02 * torch.rand(n, 1, 1, 1, generator=g) * torch.randn(x.shape, generator=g)).clamp(
-        0, 1
-    )
+    return (
+        x + 0.02 * torch.rand(n, 1, 1, 1, generator=g) * torch.randn(x.shape, generator=g)
+    ).clamp(0, 1)
 
 
 def train_evaluator(

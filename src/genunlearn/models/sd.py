@@ -15,8 +15,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -164,7 +165,11 @@ class SDAdapter:
         return self._evaluator
 
     def _components(self) -> dict[str, torch.nn.Module]:
-        return {"unet": self.pipe.unet, "text_encoder": self.pipe.text_encoder, "vae": self.pipe.vae}
+        return {
+            "unet": self.pipe.unet,
+            "text_encoder": self.pipe.text_encoder,
+            "vae": self.pipe.vae,
+        }
 
     def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
         """All parameters, named ``component.parameter``."""
@@ -196,7 +201,9 @@ class SDAdapter:
         """Starting latents of images 0..n-1: image i uses seed ``seed + i``."""
         return torch.cat(
             [
-                torch.randn((1, *self.latent_shape), generator=torch.Generator().manual_seed(seed + i))
+                torch.randn(
+                    (1, *self.latent_shape), generator=torch.Generator().manual_seed(seed + i)
+                )
                 for i in range(n)
             ]
         )

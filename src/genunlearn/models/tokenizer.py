@@ -98,7 +98,9 @@ def build_tokenizer(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab_list)}))
-    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in kept) + "\n")
+    (out / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in kept) + "\n"
+    )
     tok = CLIPTokenizer.from_pretrained(str(out), model_max_length=max_length)
     if len(tok) != len(vocab_list):
         raise RuntimeError(f"CLIPTokenizer built {len(tok)} tokens, expected {len(vocab_list)}")

@@ -94,7 +94,12 @@ def text_config(tokenizer, hidden: int = 128) -> dict:
 
 def build_pipeline(tokenizer, seed: int = 0, vae=None):
     """A randomly initialised toy StableDiffusionPipeline (DDIM sampler, no safety checker)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -173,7 +178,10 @@ def _stage_data(work: Path, recipe: TrainRecipe, data_dir: str | None, progress:
         with ProcessPoolExecutor(max_workers=2) as pool:
             parts = list(
                 tqdm(
-                    pool.map(_render_chunk, jobs), total=len(jobs), desc="data", disable=not progress
+                    pool.map(_render_chunk, jobs),
+                    total=len(jobs),
+                    desc="data",
+                    disable=not progress,
                 )
             )
         images = np.concatenate([p[0] for p in parts])
@@ -229,7 +237,10 @@ def _stage_vae(work: Path, data: dict, recipe: TrainRecipe, progress: bool):
         g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
         for grp in opt.param_groups:
             grp["lr"] = recipe.vae_lr * _cosine(step, recipe.vae_steps, 50)
-        x = x_all[torch.randint(0, len(x_all), (recipe.vae_batch,), generator=g)].float() / 127.5 - 1
+        x = (
+            x_all[torch.randint(0, len(x_all), (recipe.vae_batch,), generator=g)].float() / 127.5
+            - 1
+        )
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.mean + post.std * torch.randn(post.mean.shape, generator=g)).sample
         loss = F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
@@ -376,6 +387,10 @@ def train_testbed(
             "use a new --out directory or the same settings to resume"
         )
     rfile.write_text(json.dumps(meta, indent=1))
+    final = out / "toy-sd"
+    if (final / "world.json").is_file():
+        log.info("%s is already trained; nothing to do", final)
+        return final
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     t0 = time.time()
     data = _stage_data(work, recipe, data_dir, progress)
@@ -394,7 +409,9 @@ def train_testbed(
     vae = _stage_vae(work, data, recipe, progress)
     lat = _stage_latents(work, vae, data)
     vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
-    log.info("vae + latents done, scaling %.4f (%.0fs)", vae.config.scaling_factor, time.time() - t0)
+    log.info(
+        "vae + latents done, scaling %.4f (%.0fs)", vae.config.scaling_factor, time.time() - t0
+    )
 
     words = sorted({w for c in data["captions"] for w in str(c).lower().split()})
     words += sorted({w for v in heads.values() for lab in v for w in lab.lower().split()})
@@ -404,7 +421,6 @@ def train_testbed(
     pipe = _stage_unet(work, pipe, lat, data, recipe, progress)
     log.info("unet done (%.0fs)", time.time() - t0)
 
-    final = out / "toy-sd"
     export_pipeline(pipe, final, ev_dir, heads, data_dir)
     (out / "train_time_s.txt").write_text(f"{time.time() - t0:.1f}\n")
     return final

@@ -1,0 +1,87 @@
+"""Contract tests over every registered method on the tiny testbed (mechanics, not quality)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import genunlearn as gu
+from genunlearn import registry
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+METHODS = gu.list_methods()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_leaves_input_model_untouched_and_changes_only_declared(method, tiny_model):
+    entry = registry.get("method", method)
+    before = _params(tiny_model)
+    concept = "star"
+    run = gu.erase(tiny_model, method, concept, seed=0)
+    after = _params(tiny_model)
+    assert all(torch.equal(before[n], after[n]) for n in before), "erase changed its input model"
+    allowed = re.compile(entry.modifies) if entry.modifies else None
+    for name in run.result.changed:
+        assert allowed is not None and allowed.search(name), (
+            f"{method} changed {name}, outside its declared modifies={entry.modifies!r}"
+        )
+    # the changed tensors are exactly the parameters that differ from the base model
+    erased = _params(run.model)
+    differ = {n for n in before if not torch.equal(before[n], erased[n])}
+    assert differ == set(run.result.changed)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_is_deterministic(method, tiny_model):
+    a = gu.erase(tiny_model, method, "striped", seed=3)
+    b = gu.erase(tiny_model, method, "striped", seed=3)
+    assert a.result.changed.keys() == b.result.changed.keys()
+    for k in a.result.changed:
+        assert torch.equal(a.result.changed[k], b.result.changed[k])
+    assert a.result.inference == b.result.inference
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_artifact_round_trip(method, tiny_model, tmp_path):
+    run = gu.erase(tiny_model, method, "red", tmp_path / "run", seed=1)
+    assert not (tmp_path / "run" / "INCOMPLETE").exists()
+    loaded = gu.load_run(tmp_path / "run", model=tiny_model)
+    want = _params(run.model)
+    got = _params(loaded)
+    assert all(torch.equal(want[n], got[n]) for n in want)
+    assert loaded.inference == run.model.inference
+    prompts = ["a red star in flat style"]
+    assert torch.equal(run.model.sample(prompts, n=2, seed=5), loaded.sample(prompts, n=2, seed=5))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_has_paper_presets_and_docstring(method):
+    entry = registry.get("method", method)
+    assert {"toy", "paper"} <= set(entry.presets)
+    mod = __import__(entry.fn.__module__, fromlist=["_"])
+    assert re.search(r"arxiv|doi|https?://", (mod.__doc__ or "")[:1500], re.I)
+
+
+def test_negative_prompt_is_inference_only_and_used_by_sampler(tiny_model):
+    run = gu.erase(tiny_model, "negative_prompt", "striped")
+    assert run.result.changed == {}
+    assert run.model.inference["negative_prompt"] == "striped style"
+    p = ["a red star in striped style"]
+    manual = tiny_model.sample(p, n=2, seed=0, negative_prompt="striped style")
+    assert torch.equal(run.model.sample(p, n=2, seed=0), manual)
+    assert not torch.equal(tiny_model.sample(p, n=2, seed=0), manual)
+
+
+def test_unknown_method_and_bad_override_are_clear_errors(tiny_model):
+    with pytest.raises(gu.GenUnlearnError, match="Did you mean 'negative_prompt'"):
+        gu.erase(tiny_model, "negative_promt", "star")
+    with pytest.raises(gu.GenUnlearnError, match="unknown key 'txt'.*text"):
+        gu.erase(tiny_model, "negative_prompt", "star", txt="x")
+    with pytest.raises(gu.GenUnlearnError, match="Did you mean 'star'"):
+        gu.erase(tiny_model, "original", "strar")
