@@ -152,8 +152,8 @@ def erase(
     """
     from genunlearn.core.efficiency import measure
 
-    model = load_model(model) if isinstance(model, (str, Path)) else model
     entry = registry.get("method", method)
+    model = load_model(model) if isinstance(model, (str, Path)) else model
     task = resolve_task(model, task)
     preset = _preset(model, preset)
     cfg = _entry_config(entry, preset, config, overrides)
@@ -217,8 +217,8 @@ def evaluate(
     model, task=None, protocol: str = "unlearncanvas", *, config=None, **overrides
 ) -> dict[str, float]:
     """Score a model with a metric family (``list_metrics()``); returns a dict of figures."""
-    model = load_model(model) if isinstance(model, (str, Path)) else model
     entry = registry.get("metric", protocol)
+    model = load_model(model) if isinstance(model, (str, Path)) else model
     file_layer = load_yaml(config) if isinstance(config, (str, Path)) else (config or {})
     cfg = build_config(entry.config, file_layer, overrides, where=f"{protocol} config")
     task = resolve_task(model, task) if task is not None else None
@@ -229,8 +229,8 @@ def attack(
     model, name: str, task, *, original=None, preset: str | None = None, config=None, **overrides
 ) -> AttackResult:
     """Attack ``model`` to bring ``task``'s concept back; ``original``: the unerased model."""
-    model = load_model(model) if isinstance(model, (str, Path)) else model
     entry = registry.get("attack", name)
+    model = load_model(model) if isinstance(model, (str, Path)) else model
     task = resolve_task(model, task)
     cfg = _entry_config(entry, _preset(model, preset), config, overrides)
     _check_requires(entry, model)

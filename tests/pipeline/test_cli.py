@@ -54,7 +54,7 @@ def test_generate_erase_eval_attack(tiny_testbed, tmp_path, capsys):
         "--n", "3", "--out", str(grid),
     )  # fmt: skip
     assert code == 0, err
-    assert Image.open(grid).size == (3 * 33 + 1, 33 + 1)
+    assert Image.open(grid).size == (4 * (3 * 33 + 1), 4 * (33 + 1))  # PNG grids are 4x upscaled
     run = tmp_path / "run"
     code, out, err = run_cli(
         capsys, "erase", "--model", m, "--method", "negative_prompt", "--concept", "star",
@@ -79,12 +79,12 @@ def test_generate_erase_eval_attack(tiny_testbed, tmp_path, capsys):
     )
     assert code == 2 and "already exists" in err and (run / "config.json").read_bytes() == before
     code, out, err = run_cli(
-        capsys, "eval", "run", "--run", str(run), "n_per_prompt=1", "fid=false"
+        capsys, "eval", "run", "--run", str(run), "--set", "n_per_prompt=1", "fid=false"
     )
     assert code == 0, err
     assert "ua" in out and "ira" in out and "cra" in out
     code, out, err = run_cli(
-        capsys, "attack", "--attack", "no_attack", "--run", str(run), "n_prompts=2"
+        capsys, "attack", "--attack", "no_attack", "--run", str(run), "--set", "n_prompts=2"
     )
     assert code == 0, err
     assert "pre-ASR" in out and "ASR" in out

@@ -12,7 +12,14 @@ def add_arguments(p) -> None:
     p.add_argument("--concept", default=None, help="target concept (default: the run's)")
     p.add_argument("--preset", default=None)
     p.add_argument("--out", default=None, help="write adversarial images (PNG) here")
-    p.add_argument("set", nargs="*", metavar="KEY=VALUE", help="attack config overrides")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="attack config overrides",
+    )
 
 
 def run(args) -> int:

@@ -15,7 +15,14 @@ def add_arguments(p) -> None:
     p.add_argument("--config", default=None, help="YAML file of config values")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. steps=50")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. steps=50",
+    )
 
 
 def run(args) -> int:

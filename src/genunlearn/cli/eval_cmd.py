@@ -20,7 +20,14 @@ def add_arguments(p) -> None:
     p.add_argument("--images", type=int, default=2000, help="fresh images (target 'evaluator')")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    p.add_argument("set", nargs="*", metavar="KEY=VALUE", help="protocol config overrides")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="protocol config overrides",
+    )
 
 
 def run(args) -> int:

@@ -1,0 +1,72 @@
+"""The one training loop every fine-tuning method uses.
+
+``finetune(params, loss_fn, steps, lr, seed)`` calls ``loss_fn(step, generator)`` for a scalar
+loss, steps the optimiser on ``params`` only, shows a progress bar and returns the loss history.
+The generator is seeded from ``(seed, step)``, so a run is reproducible and resumable mid-way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def finetune(
+    params: dict[str, torch.nn.Parameter] | list[torch.nn.Parameter],
+    loss_fn: Callable[[int, torch.Generator], torch.Tensor],
+    steps: int,
+    lr: float,
+    seed: int = 0,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    grad_clip: float | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    mask: dict[str, torch.Tensor] | None = None,
+) -> list[float]:
+    """Minimise ``loss_fn`` over ``params``.
+
+    Args:
+        params: the trainable parameters (named dict or list); nothing else changes.
+        loss_fn: ``(step, generator) -> scalar loss``.
+        steps: optimisation steps.
+        lr: learning rate.
+        seed: seeds the per-step generators.
+        optimizer: "adam" or "adamw" or "sgd".
+        weight_decay: AdamW/SGD weight decay.
+        grad_clip: clip the global gradient norm (None: no clipping).
+        progress: show a progress bar.
+        desc: progress bar label.
+        mask: name -> 0/1 tensor multiplied into each gradient (SalUn-style saliency masks).
+
+    Returns:
+        The loss of every step.
+    """
+    from tqdm.auto import tqdm
+
+    named = params if isinstance(params, dict) else {str(i): p for i, p in enumerate(params)}
+    plist = list(named.values())
+    opts = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    if optimizer not in opts:
+        raise ValueError(f"optimizer must be one of {sorted(opts)}, got {optimizer!r}")
+    opt = opts[optimizer](plist, lr=lr, weight_decay=weight_decay)
+    history: list[float] = []
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + step)
+        loss = loss_fn(step, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if mask is not None:
+            for n, p in named.items():
+                if p.grad is not None and n in mask:
+                    p.grad.mul_(mask[n])
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(plist, grad_clip)
+        opt.step()
+        history.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+    for p in plist:
+        p.requires_grad_(False)
+    return history

@@ -1,0 +1,16 @@
+"""Loss targets shared by fine-tuning methods."""
+
+from __future__ import annotations
+
+import torch
+
+
+def negative_guidance_target(
+    e_cond: torch.Tensor, e_uncond: torch.Tensor, eta: float
+) -> torch.Tensor:
+    """ESD's target: the unconditional prediction pushed *away* from the concept by ``eta``.
+
+    ``e_uncond - eta * (e_cond - e_uncond)``; with ``erase_from`` prompts the caller passes the
+    anchor's prediction as ``e_uncond`` (the new ESD code's "erase A from B").
+    """
+    return e_uncond - eta * (e_cond - e_uncond)

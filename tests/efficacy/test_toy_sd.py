@@ -1,0 +1,35 @@
+"""Efficacy on the trained toy-sd (slow): the testbed follows prompts; erasure really erases."""
+
+from __future__ import annotations
+
+import pytest
+
+import genunlearn as gu
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return gu.load_model("toy-sd")
+
+
+def test_toy_sd_follows_prompts(toy):
+    res = gu.evaluate(toy, protocol="fidelity", n_per_prompt=1, seed=101)
+    assert res["object_acc"] >= 0.9 and res["style_acc"] >= 0.85 and res["colour_acc"] >= 0.9
+
+
+def test_cross_attention_is_named_like_sd(toy):
+    names = [n for n, _ in toy.denoiser.named_modules()]
+    assert any(n.endswith("attn2.to_k") for n in names)
+    assert any(n.endswith("attn2.to_v") for n in names)
+    assert toy.cross_attention_layers()
+
+
+@pytest.mark.parametrize("concept", ["dotted", "heart"])
+def test_original_keeps_and_negative_prompt_removes(toy, concept):
+    base = gu.evaluate(toy, concept, n_per_prompt=1, fid=False, seed=202)
+    assert base["ua"] <= 0.15  # the unmodified model shows the concept
+    run = gu.erase(toy, "negative_prompt", concept)
+    erased = gu.evaluate(run.model, concept, n_per_prompt=1, fid=False, seed=202)
+    assert erased["ua"] >= base["ua"] + 0.3
