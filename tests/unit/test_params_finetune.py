@@ -1,0 +1,69 @@
+"""Parameter selectors touch only their parameters; the training loop changes only what it trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genunlearn.core.finetune import finetune
+from genunlearn.core.params import SELECTORS, select_parameters, trainable
+from genunlearn.types import GenUnlearnError
+
+
+def test_selectors_partition_unet_as_documented(tiny_model):
+    unet = {n for n, _ in tiny_model.named_parameters() if n.startswith("unet.")}
+    x = set(select_parameters(tiny_model, "xattn"))
+    u = set(select_parameters(tiny_model, "noxattn"))
+    kv = set(select_parameters(tiny_model, "kv"))
+    a1 = set(select_parameters(tiny_model, "attn1"))
+    assert x | u == unet and not (x & u)  # ESD-x and ESD-u split the UNet
+    assert kv < x and all(".attn2.to_k." in n or ".attn2.to_v." in n for n in kv)
+    assert a1 and not (a1 & x) and all(".attn1." in n for n in a1)
+    assert set(select_parameters(tiny_model, "full")) == unet
+    te = set(select_parameters(tiny_model, "text_encoder"))
+    assert te and all(n.startswith("text_encoder.") for n in te)
+    assert set(select_parameters(tiny_model, "re:to_out")) == {
+        n for n, _ in tiny_model.named_parameters() if "to_out" in n
+    }
+
+
+def test_bad_selectors_are_clear_errors(tiny_model):
+    with pytest.raises(GenUnlearnError, match="Did you mean 'xattn'"):
+        select_parameters(tiny_model, "xatn")
+    with pytest.raises(GenUnlearnError, match="matches no parameter"):
+        select_parameters(tiny_model, "re:^nothing_here$")
+    with pytest.raises(GenUnlearnError, match="bad parameter regex"):
+        select_parameters(tiny_model, "re:(")
+    assert set(SELECTORS) >= {"xattn", "noxattn", "kv", "attn1", "full"}
+
+
+def test_finetune_moves_only_selected_parameters_and_lowers_the_loss(tiny_model):
+    m = tiny_model.copy()
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    params = trainable(m, "kv")
+    x = torch.randn(2, *m.latent_shape, generator=torch.Generator().manual_seed(0))
+    cond = m.encode_prompt(["a star", "a ring"]).detach()
+
+    def loss_fn(step, g):
+        return m.predict_noise(x, 500, cond).pow(2).mean()
+
+    hist = finetune(params, loss_fn, steps=8, lr=1e-2, progress=False)
+    assert hist[-1] < hist[0]
+    changed = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= set(params)
+    assert not any(p.requires_grad for _, p in m.named_parameters())
+
+
+def test_finetune_gradient_mask_freezes_masked_entries(tiny_model):
+    m = tiny_model.copy()
+    params = trainable(m, "kv")
+    name = next(iter(params))
+    mask = {n: torch.zeros_like(p) for n, p in params.items()}
+    mask[name].view(-1)[:3] = 1.0
+    before = params[name].detach().clone()
+    x = torch.randn(1, *m.latent_shape, generator=torch.Generator().manual_seed(1))
+    cond = m.encode_prompt(["a star"]).detach()
+    finetune(params, lambda s, g: m.predict_noise(x, 300, cond).pow(2).mean(), 2, 1e-2,
+             optimizer="sgd", progress=False, mask=mask)  # fmt: skip
+    diff = (params[name].detach() != before).view(-1)
+    assert diff[:3].any() and not diff[3:].any()
