@@ -87,3 +87,15 @@ def test_fid_runs_the_extractor_in_batches():
     assert torch.allclose(f, imgs.mean(dim=(2, 3)))
     assert fid(extractor, imgs, imgs) == pytest.approx(0.0, abs=1e-8)
     assert fid(extractor, imgs, (imgs + 0.5)) == pytest.approx(0.75, rel=1e-5)
+
+
+def test_kernel_distance_is_near_zero_for_same_distribution_and_grows_with_shift():
+    from genunlearn.metrics.fid import kernel_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(400, 8, generator=g)
+    b = torch.randn(400, 8, generator=g)
+    same = kernel_distance(a, b, subsets=20, subset_size=200)
+    shifted = kernel_distance(a, b + 1.0, subsets=20, subset_size=200)
+    assert abs(same) < 0.05 and shifted > 10 * max(abs(same), 1e-3)
+    assert kernel_distance(a, b + 1.0) < kernel_distance(a, b + 2.0)

@@ -57,14 +57,15 @@ def run_cell(cell: Cell, spec: Spec, out: Path) -> list[dict[str, Any]]:
         rows = []
         ev = dict(spec.eval)
         protocol = ev.pop("protocol", "unlearncanvas")
-        scores = api.evaluate(run.model, cell.concept, protocol, seed=cell.seed, **ev)
+        ev.setdefault("seed", cell.seed)
+        scores = api.evaluate(run.model, cell.concept, protocol, **ev)
         for k, v in {**scores, **run.efficiency}.items():
             if isinstance(v, (int, float)):
                 rows.append(
                     {**base, "attack": None, "metric": k, "value": float(v), "status": "ok"}
                 )
         for a in spec.attacks:
-            res = api.attack(run.model, a, cell.concept, original=model, **spec.attack_config)
+            res = api.attack(run.model, a, cell.concept, original=model, **attack_config(spec, a))
             for k, v in res.summary().items():
                 if isinstance(v, (int, float)):
                     rows.append(
@@ -86,6 +87,15 @@ def run_cell(cell: Cell, spec: Spec, out: Path) -> list[dict[str, Any]]:
             {**row, "attack": None, "metric": "error", "value": None, "status": "failed",
              "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
         ]  # fmt: skip
+
+
+def attack_config(spec: Spec, attack: str) -> dict[str, Any]:
+    """Shared ``attack_config`` keys plus the attack's own section (``{seed_search: {...}}``)."""
+    from genunlearn import registry
+
+    attacks = set(registry.names("attack"))
+    shared = {k: v for k, v in spec.attack_config.items() if k not in attacks}
+    return {**shared, **(spec.attack_config.get(attack) or {})}
 
 
 def expand(spec: Spec) -> list[Cell]:

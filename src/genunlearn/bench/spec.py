@@ -11,7 +11,7 @@ concepts: [star, striped]        # or {kind: style, n: 3} for the first n of a k
 seeds: [0]
 attacks: [no_attack]             # optional
 eval: {protocol: unlearncanvas, n_per_prompt: 2}
-attack_config: {n_prompts: 10}   # optional, applied to every attack
+attack_config: {n_prompts: 10, seed_search: {n_seeds: 4}}   # shared keys + per-attack sections
 ```
 Unknown keys are errors; ``methods: all`` / ``attacks: all`` select every registered one.
 """

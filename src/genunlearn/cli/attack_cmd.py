@@ -6,20 +6,15 @@ HELP = "attack an erased run or a model; prints pre-ASR and ASR"
 
 
 def add_arguments(p) -> None:
+    from genunlearn.cli.main import add_set_argument
+
     p.add_argument("--attack", required=True, help="attack name (genunlearn ls attacks)")
     p.add_argument("--run", default=None, help="run directory of the erased model")
     p.add_argument("--model", default="toy-sd", help="model to attack when no --run is given")
     p.add_argument("--concept", default=None, help="target concept (default: the run's)")
     p.add_argument("--preset", default=None)
     p.add_argument("--out", default=None, help="write adversarial images (PNG) here")
-    p.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="attack config overrides",
-    )
+    add_set_argument(p, "attack config")
 
 
 def run(args) -> int:

@@ -13,9 +13,13 @@ def add_arguments(p) -> None:
     pr.add_argument("--out", required=True, help="output PNG path")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--scale", type=int, default=4, help="pixel upscaling of the PNG")
+    sp = sub.add_parser("split", help="print the evaluation prompts of a concept: target / retain")
+    sp.add_argument("--concept", required=True, action="append", help="target concept(s)")
 
 
 def run(args) -> int:
+    if args.action == "split":
+        return _split(args.concept)
     import numpy as np
     import torch
 
@@ -31,4 +35,21 @@ def run(args) -> int:
     t = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
     path = save_grid(t, args.out, nrow=len(tc.STYLES), scale=args.scale)
     print(f"wrote {path} ({len(tc.OBJECTS)} objects x {len(tc.STYLES)} styles)")
+    return 0
+
+
+def _split(targets: list[str]) -> int:
+    from genunlearn.data.world import World
+
+    world = World.toycanvas()
+    has, without = world.split(targets)
+    kinds = sorted({world.concept(t).kind for t in targets})
+    print(f"target prompts ({len(has)}): UA is measured on these")
+    for lab in has:
+        print("  " + world.caption(lab))
+    others = [k for k in world.heads if k not in kinds]
+    print(f"retain prompts ({len(without)}): IRA ({', '.join(kinds)} head) and CRA "
+          f"({', '.join(others)} heads) are measured on these")  # fmt: skip
+    for lab in without:
+        print("  " + world.caption(lab))
     return 0

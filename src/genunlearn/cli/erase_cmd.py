@@ -6,6 +6,8 @@ HELP = "erase a concept with a method into a new run directory"
 
 
 def add_arguments(p) -> None:
+    from genunlearn.cli.main import add_set_argument
+
     p.add_argument("--model", default="toy-sd", help="toy-sd or a local diffusers directory")
     p.add_argument("--method", required=True, help="method name (genunlearn ls methods)")
     p.add_argument("--concept", required=True, action="append", help="target concept (repeatable)")
@@ -15,14 +17,7 @@ def add_arguments(p) -> None:
     p.add_argument("--config", default=None, help="YAML file of config values")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. steps=50",
-    )
+    add_set_argument(p, "config")
 
 
 def run(args) -> int:

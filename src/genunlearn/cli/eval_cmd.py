@@ -12,6 +12,8 @@ HELP = "evaluate a model, a run, the evaluator, or the base testbed"
 
 
 def add_arguments(p) -> None:
+    from genunlearn.cli.main import add_set_argument
+
     p.add_argument("target", choices=["evaluator", "base", "run", "model"])
     p.add_argument("--model", default="toy-sd")
     p.add_argument("--run", default=None, help="run directory (target 'run')")
@@ -20,14 +22,7 @@ def add_arguments(p) -> None:
     p.add_argument("--images", type=int, default=2000, help="fresh images (target 'evaluator')")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    p.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="protocol config overrides",
-    )
+    add_set_argument(p, "protocol config")
 
 
 def run(args) -> int:

@@ -10,6 +10,14 @@ import sys
 COMMANDS = ("ls", "data", "testbed", "generate", "erase", "eval", "attack", "bench", "report")
 
 
+def add_set_argument(p: argparse.ArgumentParser, what: str) -> None:
+    """The shared ``--set KEY=VALUE ...`` option (config overrides, values parsed as YAML)."""
+    p.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+        help=f"{what} overrides, e.g. --set steps=50 lr=1e-5",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genunlearn",
@@ -39,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except GenUnlearnError as e:
         print(f"genunlearn {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `genunlearn data split ... | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -12,8 +12,8 @@ classifier of its world. For a target concept of kind k (style or object; ToyCan
   without the target; we use those without it, so that CRA measures retention only.
 
 Prompts are the world's evaluation grid (ToyCanvas: every object x style pair once, colours
-cycling), ``n_per_prompt`` images each at seeds ``seed .. seed+n-1``. ``fid`` is the feature FID
-of the retain images against real world images of the same labels.
+cycling), ``n_per_prompt`` images each at seeds ``seed .. seed+n-1``. ``fid`` / ``kid`` are the
+feature FID / KID of the retain images against real world images of the same labels.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def real_images(world, label_sets, n: int, seed: int) -> torch.Tensor:
 @register_metric("unlearncanvas", config=UnlearnCanvasConfig)
 def unlearncanvas(model, task, cfg: UnlearnCanvasConfig) -> dict[str, float]:
     """UA, IRA, CRA (and feature FID) for the task's targets, which must be world concepts."""
-    from genunlearn.metrics.fid import fid
+    from genunlearn.metrics.fid import features, frechet_distance, kernel_distance
 
     world = _need_world(model)
     if task is None:
@@ -125,7 +125,10 @@ def unlearncanvas(model, task, cfg: UnlearnCanvasConfig) -> dict[str, float]:
     out["cra"] = sum(out[f"cra_{h}"] for h in others) / max(1, len(others))
     if cfg.fid and world.name == "toycanvas":
         real = real_images(world, without, cfg.n_per_prompt, cfg.real_seed)
-        out["fid"] = fid(model.evaluator.features, images_r, real)
+        f_gen = features(model.evaluator.features, images_r)
+        f_real = features(model.evaluator.features, real)
+        out["fid"] = frechet_distance(f_gen, f_real)
+        out["kid"] = kernel_distance(f_gen, f_real)
     out["n_target_images"] = len(l_t)
     out["n_retain_images"] = len(l_r)
     return out

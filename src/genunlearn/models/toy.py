@@ -29,19 +29,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from genunlearn.models.sd_configs import SCHEDULER_CONFIG  # SD's training schedule
+
 log = logging.getLogger("genunlearn.testbed")
 
 TOY_MAX_TOKENS = 32
-SCHEDULER_CONFIG = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "prediction_type": "epsilon",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-}
 
 
 def vae_config() -> dict:
