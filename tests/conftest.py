@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# generated-image cache of the tests goes to a throw-away directory, never the user's cache
+os.environ["GENUNLEARN_CACHE"] = tempfile.mkdtemp(prefix="genunlearn-test-cache-")
 
 import pytest  # noqa: E402
 
