@@ -65,6 +65,15 @@ def directory_hash(path: Path) -> str:
     return _HASHES[key]
 
 
+def _quiet_loading() -> None:
+    """No per-component loading bars from diffusers / transformers (our own bars are enough)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+
+
 class SDAdapter:
     """A Stable Diffusion pipeline behind the ModelAdapter protocol.
 
@@ -104,6 +113,7 @@ class SDAdapter:
 
         p = Path(path).expanduser().resolve()
         check_directory(p)
+        _quiet_loading()
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 p, dtype=torch.float32, safety_checker=None, feature_extractor=None,
