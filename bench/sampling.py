@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -52,18 +53,21 @@ def load(model: str | None):
         sys.exit(f"cannot load {name!r}: {e}{hint}")
 
 
-def timed(fns, repeats: int) -> list[float]:
-    """Best wall time of each function over ``repeats`` rounds (after the caller's warm-up).
+def timed(fns, repeats: int) -> list[list[float]]:
+    """Wall times of each function over ``repeats`` rounds (after the caller's warm-up).
 
-    The functions alternate within a round, so a drift in machine load hits both alike.
+    The functions alternate within a round (ABBA), so a drift in machine load hits both alike.
     """
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(repeats):
+        # ABBA order: every other round runs the functions in reverse, so that neither side
+        # always follows the other (allocator and cache state after a big call favour the next)
+        order = list(enumerate(fns)) if r % 2 == 0 else list(enumerate(fns))[::-1]
+        for i, fn in order:
             t = time.perf_counter()
             fn()
-            best[i] = min(best[i], time.perf_counter() - t)
-    return best
+            times[i].append(time.perf_counter() - t)
+    return times
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,7 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=1, help="timed calls per sampler (best kept)")
+    ap.add_argument(
+        "--repeats", type=int, default=6, help="timed rounds per sampler (best and median printed)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
     if not 1 <= args.prompts <= len(PROMPTS):
@@ -115,11 +121,17 @@ def main(argv: list[str] | None = None) -> None:
     a, b = ours(), theirs()  # warm-up, and a check that both produce the same kind of output
     if a.shape != b.shape:
         sys.exit(f"shape mismatch: genunlearn {tuple(a.shape)} vs diffusers {tuple(b.shape)}")
-    t_ours, t_theirs = timed([ours, theirs], args.repeats)
-    ips_ours, ips_theirs = total / t_ours, total / t_theirs
-    print(f"genunlearn SDAdapter.sample:         {ips_ours:8.2f} images/s ({t_ours:.2f} s)")
-    print(f"diffusers StableDiffusionPipeline(): {ips_theirs:8.2f} images/s ({t_theirs:.2f} s)")
-    print(f"ratio genunlearn / diffusers:        {ips_ours / ips_theirs:8.2f}x")
+    runs_ours, runs_theirs = timed([ours, theirs], args.repeats)
+    for stat, pick in (("best", min), ("median", statistics.median)):
+        t_ours, t_theirs = pick(runs_ours), pick(runs_theirs)
+        print(f"[{stat} of {args.repeats}]")
+        print(
+            f"  genunlearn SDAdapter.sample:         {total / t_ours:8.2f} images/s ({t_ours:.2f} s)"
+        )
+        print(
+            f"  diffusers StableDiffusionPipeline(): {total / t_theirs:8.2f} images/s ({t_theirs:.2f} s)"
+        )
+        print(f"  ratio genunlearn / diffusers:        {t_theirs / t_ours:8.2f}x")
 
 
 if __name__ == "__main__":

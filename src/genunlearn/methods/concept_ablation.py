@@ -73,7 +73,9 @@ def _pairs(model, task) -> tuple[list[str], list[str]]:
         return [task.anchor], [target]
     anchor = task.anchor or next(c for c in world.heads[kind] if c != target)
     if world.kind_of(anchor) != kind:
-        raise GenUnlearnError(f"anchor {anchor!r} must be of kind {kind!r} like the target {target!r}")
+        raise GenUnlearnError(
+            f"anchor {anchor!r} must be of kind {kind!r} like the target {target!r}"
+        )
     has, _ = world.split([target])
     anchors = [world.caption({**lab, kind: anchor}) for lab in has]
     return anchors, [world.caption(lab) for lab in has]

@@ -205,7 +205,7 @@ class SDAdapter:
 
     def predict_noise(self, x_t: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
         """The denoiser's epsilon prediction for latents ``x_t`` at timestep(s) ``t``."""
-        return self.pipe.unet(x_t, t, encoder_hidden_states=cond).sample
+        return self.pipe.unet(x_t, t, encoder_hidden_states=cond, return_dict=False)[0]
 
     def initial_noise(self, n: int, seed: int) -> torch.Tensor:
         """Starting latents of images 0..n-1: image i uses seed ``seed + i``."""
@@ -228,7 +228,7 @@ class SDAdapter:
         z = self.pipe.vae.encode(images * 2 - 1).latent_dist.mean
         return z * self.pipe.vae.config.scaling_factor
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample(
         self,
         prompts: list[str] | str,
@@ -273,7 +273,8 @@ class SDAdapter:
                 e_u, e_c = self.predict_noise(x, t, torch.cat([uncond, cond])).chunk(2)
                 lat = sched.step(e_u + guidance * (e_c - e_u), t, lat).prev_sample
             out.append(self.decode(lat))
-        return torch.cat(out)
+        # a normal tensor (not an inference tensor), so that callers may use it in autograd
+        return torch.cat(out).clone()
 
     # ----------------------------------------------------------------- copies and deltas
     def _clone(self, frozen: bool) -> SDAdapter:
