@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import genunlearn as gu
 
@@ -27,9 +28,21 @@ def test_cross_attention_is_named_like_sd(toy):
 
 
 @pytest.mark.parametrize("concept", ["dotted", "heart"])
-def test_original_keeps_and_negative_prompt_removes(toy, concept):
+def test_original_keeps_and_uce_erases(toy, concept):
     base = gu.evaluate(toy, concept, n_per_prompt=1, fid=False, seed=202)
     assert base["ua"] <= 0.15  # the unmodified model shows the concept
-    run = gu.erase(toy, "negative_prompt", concept)
+    run = gu.erase(toy, "uce", concept, samples=False)
     erased = gu.evaluate(run.model, concept, n_per_prompt=1, fid=False, seed=202)
+    # UCE's paper defaults are not equally strong on every concept (measured UA: striped 95%,
+    # star 94%, heart 38%); the property held here is a large rise with retention kept
     assert erased["ua"] >= base["ua"] + 0.3
+    assert erased["ira"] >= 0.7 and erased["cra"] >= 0.7
+
+
+def test_negative_prompt_acts_on_sampling_only(toy):
+    """The negative prompt changes generations but no weight (it does not erase a concept that
+    the prompt names explicitly on toy-sd: measured UA stays ~0, see the README)."""
+    run = gu.erase(toy, "negative_prompt", "heart", samples=False)
+    assert run.result.changed == {}
+    p = ["a red heart in flat style"]
+    assert not torch.equal(run.model.sample(p, n=2, seed=3), toy.sample(p, n=2, seed=3))

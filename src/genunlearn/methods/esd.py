@@ -53,6 +53,7 @@ class ESDConfig:
         ddim_steps: length of the DDIM schedule the trajectories are drawn from.
         batch_size: trajectories per iteration.
         erase_from: anchor prompt a (None: the empty prompt).
+        prompt: the concept prompt c (None: the targets' prompt texts from the model's world).
         progress: show a progress bar.
     """
 
@@ -64,6 +65,7 @@ class ESDConfig:
     ddim_steps: int = 50
     batch_size: int = 1
     erase_from: str | None = None
+    prompt: str | None = None
     progress: bool = True
 
 
@@ -83,7 +85,11 @@ def erase(model, task, cfg: ESDConfig) -> ErasureResult:
     """Fine-tune the selected UNet weights towards the negatively guided teacher."""
     teacher = model.frozen_copy()
     world = getattr(model, "world", None)
-    texts = [world.text(t) if world and world.kind_of(t) else t for t in task.targets]
+    texts = (
+        [cfg.prompt]
+        if cfg.prompt
+        else [world.text(t) if world and world.kind_of(t) else t for t in task.targets]
+    )
     with torch.no_grad():
         emb_c = model.encode_prompt(texts)
         emb_a = model.encode_prompt([cfg.erase_from or ""])
