@@ -54,11 +54,16 @@ def list_concepts(kind: str | None = None, model=None) -> list[str]:
 
 def load_evaluator(model="toy-sd"):
     """The world's evaluator of a model (default toy-sd): ``ev.predict(images)`` -> labels."""
-    return (load_model(model) if isinstance(model, (str, Path)) else model).evaluator
+    return _as_model(model).evaluator
+
+
+def _as_model(model):
+    """An adapter: ``model`` itself, or loaded when given as a name or path."""
+    return load_model(model) if isinstance(model, (str, Path)) else model
 
 
 def _world(model):
-    m = load_model(model) if isinstance(model, (str, Path)) else model
+    m = _as_model(model)
     if m.world is None:
         raise GenUnlearnError(f"model {m.model_id} has no labelled world")
     return m.world
@@ -153,7 +158,7 @@ def erase(
     from genunlearn.core.efficiency import measure
 
     entry = registry.get("method", method)
-    model = load_model(model) if isinstance(model, (str, Path)) else model
+    model = _as_model(model)
     task = resolve_task(model, task)
     preset = _preset(model, preset)
     cfg = _entry_config(entry, preset, config, overrides)
@@ -218,7 +223,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Score a model with a metric family (``list_metrics()``); returns a dict of figures."""
     entry = registry.get("metric", protocol)
-    model = load_model(model) if isinstance(model, (str, Path)) else model
+    model = _as_model(model)
     file_layer = load_yaml(config) if isinstance(config, (str, Path)) else (config or {})
     cfg = build_config(entry.config, file_layer, overrides, where=f"{protocol} config")
     task = resolve_task(model, task) if task is not None else None
@@ -230,7 +235,7 @@ def attack(
 ) -> AttackResult:
     """Attack ``model`` to bring ``task``'s concept back; ``original``: the unerased model."""
     entry = registry.get("attack", name)
-    model = load_model(model) if isinstance(model, (str, Path)) else model
+    model = _as_model(model)
     task = resolve_task(model, task)
     cfg = _entry_config(entry, _preset(model, preset), config, overrides)
     _check_requires(entry, model)

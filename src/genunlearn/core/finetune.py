@@ -17,7 +17,7 @@ def finetune(
     loss_fn: Callable[[int, torch.Generator], torch.Tensor],
     steps: int,
     lr: float,
-    seed: int = 0,
+    seed: int | None = None,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
     grad_clip: float | None = None,
@@ -32,7 +32,7 @@ def finetune(
         loss_fn: ``(step, generator) -> scalar loss``.
         steps: optimisation steps.
         lr: learning rate.
-        seed: seeds the per-step generators.
+        seed: seeds the per-step generators (None: torch's current seed, which ``gu.erase`` sets).
         optimizer: "adam" or "adamw" or "sgd".
         weight_decay: AdamW/SGD weight decay.
         grad_clip: clip the global gradient norm (None: no clipping).
@@ -45,6 +45,8 @@ def finetune(
     """
     from tqdm.auto import tqdm
 
+    if seed is None:
+        seed = torch.initial_seed() % (2**31)
     named = params if isinstance(params, dict) else {str(i): p for i, p in enumerate(params)}
     plist = list(named.values())
     opts = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from genunlearn.registry import register_metric
@@ -97,7 +98,7 @@ def real_images(world, label_sets, n: int, seed: int) -> torch.Tensor:
         for lab in label_sets
         for i in range(n)
     ]
-    return torch.from_numpy(__import__("numpy").stack(arr)).permute(0, 3, 1, 2).float() / 255.0
+    return torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).float() / 255.0
 
 
 @register_metric("unlearncanvas", config=UnlearnCanvasConfig)
