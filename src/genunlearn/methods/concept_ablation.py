@@ -127,7 +127,7 @@ def erase(model, task, cfg: ConceptAblationConfig) -> ErasureResult:
         return loss
 
     losses = finetune(
-        params, loss_fn, cfg.steps, cfg.lr,         progress=cfg.progress, desc="concept_ablation",
+        params, loss_fn, cfg.steps, cfg.lr, progress=cfg.progress, desc="concept_ablation"
     )  # fmt: skip
     return ErasureResult(
         info={"anchor_prompts": anchors[:3], "n_anchor_images": len(z0), "final_loss": losses[-1]}

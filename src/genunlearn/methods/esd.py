@@ -112,6 +112,6 @@ def erase(model, task, cfg: ESDConfig) -> ErasureResult:
         return F.mse_loss(model.predict_noise(x_t, t, c), target)
 
     losses = finetune(
-        params, loss_fn, cfg.steps, cfg.lr,         progress=cfg.progress, desc="esd",
+        params, loss_fn, cfg.steps, cfg.lr, progress=cfg.progress, desc="esd"
     )  # fmt: skip
     return ErasureResult(info={"prompts": texts, "first_loss": losses[0], "final_loss": losses[-1]})
