@@ -17,6 +17,7 @@ __all__ = [
     "Run",
     "attack",
     "erase",
+    "erase_sequence",
     "evaluate",
     "list_attacks",
     "list_concepts",
@@ -85,11 +86,38 @@ def resolve_task(model, task) -> ErasureTask:
     """
     task = _task(task)
     world = getattr(model, "world", None)
-    if world is not None:
-        for t in task.targets:
-            if " " not in t.strip():
-                world.concept(t)
+    for t in task.targets:
+        if world is not None and " " not in t.strip():
+            world.concept(t)
+        elif world is None or world.kind_of(t) is None:
+            _warn_unknown_text(model, t)
     return task
+
+
+def _warn_unknown_text(model, text: str) -> None:
+    """Warn when free text shares nothing with what the model knows (its world's words, or
+    any non-unknown token of its tokenizer): erasing it would change nothing meaningful."""
+    import re
+    import warnings
+
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        return
+    pieces = tok.tokenize(text)
+    world = getattr(model, "world", None)
+    if world is not None:
+        forms = " ".join([world.template, *(world.phrases or {}).values()])
+        vocab = set(re.findall(r"[a-z]+", re.sub(r"\{[^}]*\}", " ", forms).lower()))
+        vocab |= {w for names in world.heads.values() for n in names for w in n.lower().split()}
+        known = [w for w in re.findall(r"[a-z]+", text.lower()) if w in vocab - {"a", "in"}]
+    else:
+        known = [p for p in pieces if p != tok.unk_token]
+    if not known:
+        warnings.warn(
+            f"target {text!r} tokenizes to {pieces} and none of it is a word model "
+            f"{model.model_id} was trained on; the erasure will likely have no effect",
+            stacklevel=3,
+        )
 
 
 def _preset(model, preset: str | None) -> str:
@@ -167,7 +195,12 @@ def erase(
     work = model.copy()
     torch.manual_seed(seed)
     with measure() as eff:
-        result = entry.fn(work, task, cfg)
+        try:
+            result = entry.fn(work, task, cfg)
+        except Exception as e:
+            if d is not None:  # the directory stays marked incomplete and says why
+                runs.mark_failed(d, f"{type(e).__name__}: {e}")
+            raise
         if not isinstance(result, ErasureResult):
             raise TypeError(f"method {method} returned {type(result).__name__}, not ErasureResult")
         if not result.changed:
@@ -198,23 +231,45 @@ def _write_samples(model, task: ErasureTask, d: Path) -> None:
     save_grid(model.sample(prompts, n=2, seed=0), d / "samples.png", nrow=4)
 
 
-def load_run(path: str | Path, model=None):
+def load_run(path: str | Path | list, model=None):
     """The erased model of a run directory: its base model with the saved artifact applied.
 
+    Add-on runs (methods that attach a detachable module instead of changing weights, e.g.
+    ``spm``) compose: ``load_run([run_a, run_b])`` attaches every run's add-on to one copy of the
+    shared base model (at most one of the runs may change weights). Every run must have been
+    made on the same base model; an add-on made for another base model is refused, naming both
+    hashes.
+
     Args:
-        path: a complete run directory written by :func:`erase`.
-        model: the base model, if already loaded (must have the run's base hash).
+        path: a complete run directory written by :func:`erase`, or a list of them.
+        model: the base model, if already loaded (must have the runs' base hash).
     """
-    rec = runs.read_record(path)
-    base = model if model is not None else load_model(rec["base_model"])
-    if base.base_hash != rec["base_hash"]:
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    if not paths:
+        raise GenUnlearnError("load_run needs at least one run directory")
+    recs = [runs.read_record(p) for p in paths]
+    base = model if model is not None else load_model(recs[0]["base_model"])
+    for p, rec in zip(paths, recs, strict=True):
+        if base.base_hash != rec["base_hash"]:
+            raise GenUnlearnError(
+                f"run {p} was made on a base model with hash {rec['base_hash'][:12]}…, not "
+                f"{base.base_hash[:12]}… ({base.model_id})"
+            )
+    weighty = [str(p) for p, rec in zip(paths, recs, strict=True) if rec.get("changed_tensors")]
+    if len(weighty) > 1:
         raise GenUnlearnError(
-            f"run {path} was made on a base model with hash {rec['base_hash'][:12]}…, not "
-            f"{base.base_hash[:12]}… ({base.model_id})"
+            f"runs {', '.join(weighty)} all change weights and cannot be combined (the later "
+            "would overwrite the earlier); combine add-on runs such as spm"
         )
     out = base.copy()
-    out.apply_delta(runs.load_artifact(path, base.base_hash))
-    out.apply_inference(rec.get("inference") or {})
+    for p, rec in zip(paths, recs, strict=True):
+        out.apply_delta(runs.load_artifact(p, base.base_hash))
+        out.apply_inference(rec.get("inference") or {})
+    for p, rec in zip(paths, recs, strict=True):
+        if rec.get("addon"):
+            from genunlearn.models.addons import attach
+
+            attach(out, runs.load_addon(p, base.base_hash))
     return out
 
 
@@ -248,3 +303,14 @@ def run_benchmark(spec, out_dir: str | Path = "results", *, ray: str | bool | No
     from genunlearn.bench.runner import run_spec
 
     return run_spec(spec, out_dir, ray=ray, **kw)
+
+
+def erase_sequence(model, method: str, concepts, *, preset=None, seed: int = 0, eval=None, **kw):
+    """Sequential unlearning: erase ``concepts`` one after another with ``method``.
+
+    After every step, UA of each concept erased so far and the retain accuracy are measured
+    (details in :mod:`genunlearn.bench.sequential`). Returns ``(final model, steps)``.
+    """
+    from genunlearn.bench.sequential import erase_sequence as run
+
+    return run(model, method, concepts, preset=preset, seed=seed, eval=eval, **kw)

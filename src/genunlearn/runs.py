@@ -17,8 +17,10 @@ from genunlearn.types import ErasureResult, ErasureTask, GenUnlearnError
 
 CONFIG = "config.json"
 ARTIFACT = "artifact.safetensors"
+ADDON = "addon.safetensors"  # a detachable module (e.g. an SPM adapter), when the method made one
 METRICS = "metrics.json"
 MARKER = "INCOMPLETE"
+FAILED = "FAILED"
 
 
 def version() -> str:
@@ -56,6 +58,11 @@ def prepare_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
     return d
 
 
+def mark_failed(d: Path, error: str) -> None:
+    """Record why a run stopped (its ``INCOMPLETE`` marker stays, so it is never read as done)."""
+    (d / FAILED).write_text(f"failed {time.strftime('%Y-%m-%d %H:%M:%S')}: {error}\n")
+
+
 def write_run(
     d: Path,
     *,
@@ -74,6 +81,10 @@ def write_run(
     tensors = {k: v.detach().float().contiguous() for k, v in result.changed.items()}
     save_file(tensors, str(d / ARTIFACT), metadata={"base_hash": model.base_hash})
     efficiency = {**efficiency, "storage_bytes": (d / ARTIFACT).stat().st_size}
+    addon = None
+    if result.addon is not None:
+        efficiency["addon_bytes"] = write_addon(d, result.addon, model.base_hash)
+        addon = {"file": ADDON, "kind": result.addon.kind}
     record = {
         "method": method,
         "preset": preset,
@@ -85,6 +96,7 @@ def write_run(
         "inference": result.inference,
         "info": result.info,
         "changed_tensors": len(tensors),
+        "addon": addon,
         "efficiency": efficiency,
         "genunlearn_version": version(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -103,6 +115,9 @@ def read_record(path: str | Path) -> dict[str, Any]:
     d = Path(path)
     if not d.is_dir():
         raise GenUnlearnError(f"run directory {d} does not exist")
+    if (d / FAILED).is_file():
+        why = (d / FAILED).read_text().strip()
+        raise GenUnlearnError(f"run {d} did not finish ({why}); re-run the erase")
     if (d / MARKER).is_file():
         raise GenUnlearnError(f"run {d} is incomplete (interrupted or failed); re-run the erase")
     if not (d / CONFIG).is_file():
@@ -134,3 +149,41 @@ def load_artifact(path: str | Path, base_hash: str) -> dict:
             "model"
         )
     return tensors
+
+
+def write_addon(d: Path, addon, base_hash: str) -> int:
+    """Save an add-on module as its own small safetensors file; returns its size in bytes."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().float().contiguous() for k, v in addon.tensors.items()}
+    meta = {"base_hash": base_hash, "kind": addon.kind, "meta": json.dumps(addon.meta)}
+    save_file(tensors, str(d / ADDON), metadata=meta)
+    return (d / ADDON).stat().st_size
+
+
+def load_addon(path: str | Path, base_hash: str):
+    """The add-on module of a run (or an ``addon.safetensors`` file), checked against the base
+    model's hash: an add-on made for another base model is refused."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    from genunlearn.types import AddOn
+
+    f = Path(path)
+    f = f / ADDON if f.is_dir() else f
+    if not f.is_file():
+        raise GenUnlearnError(f"{f} is missing; this run holds no add-on module")
+    try:
+        with safe_open(str(f), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        tensors = load_file(str(f))
+        extra = json.loads(meta.get("meta", "{}"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise GenUnlearnError(f"{f} is corrupt or not an add-on file: {e}") from None
+    if meta.get("base_hash") != base_hash:
+        raise GenUnlearnError(
+            f"add-on {f} was made for a base model with hash {meta.get('base_hash', '?')[:12]}…, "
+            f"but the model it is applied to has hash {base_hash[:12]}…; apply it to its own base "
+            "model"
+        )
+    return AddOn(meta.get("kind", "?"), tensors, extra)

@@ -80,6 +80,21 @@ class ErasureTask:
 
 
 @dataclass
+class AddOn:
+    """A detachable module that leaves the base weights untouched (e.g. an SPM adapter).
+
+    Attributes:
+        kind: what it is ("spm"); the model adapter knows how to attach each kind.
+        tensors: its weights by name (saved as their own small safetensors file).
+        meta: JSON-friendly settings needed to attach it (rank, alpha, erased prompts, ...).
+    """
+
+    kind: str
+    tensors: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ErasureResult:
     """What a method returns; every field is saved in the run directory.
 
@@ -88,11 +103,14 @@ class ErasureResult:
             method changed.
         inference: state of an inference-time wrapper (e.g. ``{"negative_prompt": "star"}``).
         info: free-form figures the method wants recorded (losses, masks' sizes, ...).
+        addon: a detachable module the method attached to the model instead of (or besides)
+            changing weights; saved as ``addon.safetensors`` in the run directory.
     """
 
     changed: dict[str, Any] = field(default_factory=dict)
     inference: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    addon: AddOn | None = None
 
 
 @dataclass
@@ -111,6 +129,8 @@ class AttackResult:
     success: list[bool]
     images: Any = None  # float tensor [N, 3, H, W] of the final attempt per prompt
     cost: dict[str, float] = field(default_factory=dict)
+    # what replays the attack beyond the prompt text, e.g. a soft token's embedding
+    artifact: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pre_asr(self) -> float:

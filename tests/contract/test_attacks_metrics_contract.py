@@ -6,12 +6,19 @@ import pytest
 import torch
 
 import genunlearn as gu
+from genunlearn import registry
+
+
+def _attack(model, attack, concept, **kw):
+    """Attack with the attack's 'smoke' preset (shrunk settings) when it has one."""
+    preset = "smoke" if "smoke" in registry.get("attack", attack).presets else None
+    return gu.attack(model, attack, concept, preset=preset, **kw)
 
 
 @pytest.mark.parametrize("attack", gu.list_attacks())
 def test_attack_bookkeeping_and_determinism(attack, tiny_model):
-    a = gu.attack(tiny_model, attack, "circle", original=tiny_model, n_prompts=4)
-    b = gu.attack(tiny_model, attack, "circle", original=tiny_model, n_prompts=4)
+    a = _attack(tiny_model, attack, "circle", original=tiny_model, n_prompts=4)
+    b = _attack(tiny_model, attack, "circle", original=tiny_model, n_prompts=4)
     assert len(a.prompts) == len(a.adversarial_prompts) == len(a.success) == 4
     assert all("circle" in p for p in a.prompts)
     assert 0.0 <= a.pre_asr <= a.asr <= 1.0

@@ -61,3 +61,47 @@ def test_bench_spec_errors_are_clear(tmp_path):
     spec.write_text(json.dumps({"methods": ["esd_x"], "concepts": ["star"]}))
     with pytest.raises(gu.GenUnlearnError, match="unknown method 'esd_x'"):
         gu.run_benchmark(spec, tmp_path / "o")
+
+
+def test_bench_sequential_cells_rows_and_report(tiny_testbed, tmp_path):
+    spec = {
+        "name": "seq",
+        "models": [str(tiny_testbed)],
+        "methods": ["original"],
+        "sequential": ["star", "striped"],
+        "eval": {"protocol": "unlearncanvas", "n_per_prompt": 1},
+    }
+    out = tmp_path / "seq"
+    path = gu.run_benchmark(spec, out, progress=False, report=True)
+    rows = read_rows(path)
+    assert rows and all(r["status"] == "ok" and r["kind"] == "sequential" for r in rows)
+    cells = {r["cell"] for r in rows}
+    assert len(cells) == 1 and cells.pop().endswith("__original__seq-star+striped__s0")
+    ua = [(r["step"], r["concept"]) for r in rows if r["metric"] == "seq_ua_concept"]
+    assert ua == [(1, "star"), (2, "star"), (2, "striped")]
+    assert {r["step"] for r in rows if r["metric"] == "seq_retain"} == {1, 2}
+    assert all(r["genunlearn_version"] == rows[0]["genunlearn_version"] for r in rows)
+    page = (out / "report.html").read_text()
+    assert 'id="sequential"' in page and 'id="sequential-table"' in page
+    assert "UA striped (%)" in page
+    n = len(rows)
+    gu.run_benchmark(spec, out, progress=False)
+    assert len(read_rows(path)) == n  # the finished sequence is not run again
+
+
+def test_bench_refuses_to_resume_another_versions_results(tiny_testbed, tmp_path):
+    import pytest
+
+    out = tmp_path / "old"
+    out.mkdir()
+    old = {"cell": "x", "model": "toy", "method": "original", "label": "original",
+           "target": "star", "kind": "object", "seed": 0, "attack": None, "metric": "ua",
+           "value": 0.1, "status": "ok", "genunlearn_version": "0.0.1"}  # fmt: skip
+    (out / "results.jsonl").write_text(json.dumps(old) + "\n")
+    with pytest.raises(gu.GenUnlearnError, match=r"written by genunlearn 0\.0\.1.*new output"):
+        gu.run_benchmark(_spec(tiny_testbed), out, progress=False)
+    from genunlearn.report.html import write_report
+
+    with pytest.warns(UserWarning, match="0.0.1"):
+        page = write_report(out, out / "report.html").read_text()
+    assert 'id="version-warning"' in page

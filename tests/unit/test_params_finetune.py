@@ -67,3 +67,31 @@ def test_finetune_gradient_mask_freezes_masked_entries(tiny_model):
              optimizer="sgd", progress=False, mask=mask)  # fmt: skip
     diff = (params[name].detach() != before).view(-1)
     assert diff[:3].any() and not diff[3:].any()
+
+
+def test_finetune_stops_on_a_diverging_loss_and_names_the_step():
+    from genunlearn.core.finetune import DivergenceError
+
+    w = torch.nn.Parameter(torch.ones(3))
+
+    def loss_fn(step, g):
+        # finite for three steps, then NaN
+        return (w.sum() * (float("nan") if step == 3 else 1.0)) ** 2
+
+    with pytest.raises(DivergenceError, match="step 3") as info:
+        finetune([w], loss_fn, steps=10, lr=1e-3, seed=0, progress=False)
+    assert info.value.step == 3
+
+
+def test_a_diverging_erase_marks_its_run_failed_and_leaves_the_model(tiny_model, tmp_path):
+    import genunlearn as gu
+
+    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    # an absurd learning rate makes ESD's loss overflow within a few steps
+    with pytest.raises(GenUnlearnError, match="step"):
+        gu.erase(tiny_model, "esd", "star", tmp_path / "run", preset="smoke", lr=1e30, steps=6)
+    assert (tmp_path / "run" / "INCOMPLETE").is_file()
+    assert "step" in (tmp_path / "run" / "FAILED").read_text()
+    with pytest.raises(GenUnlearnError, match="did not finish"):
+        gu.load_run(tmp_path / "run", model=tiny_model)
+    assert all(torch.equal(before[n], p) for n, p in tiny_model.named_parameters())

@@ -62,3 +62,15 @@ def test_duplicate_registration_raises_in_a_fresh_registry(monkeypatch):
     # Same name in a different kind is allowed.
     registry.register_metric("probe")(second)
     assert fresh["metric"]["probe"].fn is second
+
+
+def test_free_text_target_unknown_to_the_world_warns_with_its_tokens(tiny_model):
+    import warnings
+
+    from genunlearn.api import resolve_task
+
+    with pytest.warns(UserWarning, match="tokenizes to"):
+        resolve_task(tiny_model, "van gogh painting")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve_task(tiny_model, "a striped star")  # known words: no warning

@@ -105,3 +105,28 @@ def test_load_round_trip_and_one_head_grid(tmp_path):
 def test_world_grid_is_the_toycanvas_grid(world):
     # Two implementations of the same evaluation grid must agree (order included).
     assert [(g["colour"], g["object"], g["style"]) for g in world.grid()] == tc.grid_prompts()
+
+
+def test_prompt_is_the_in_distribution_phrase_of_each_kind():
+    from genunlearn.data.world import World
+
+    w = World.toycanvas()
+    for names in w.heads.values():
+        for name in names:
+            p = w.prompt(name)
+            assert name in p.split() and p.startswith("a ")
+            # the phrase names only that concept
+            others = [n for k, ns in w.heads.items() for n in ns if n != name]
+            assert not any(o in p.split() for o in others)
+    assert w.prompt("striped") == "a shape in striped style"
+
+
+def test_world_without_phrases_falls_back_to_its_template_or_text(tmp_path):
+    import json
+
+    from genunlearn.data.world import World
+
+    (tmp_path / "w.json").write_text(
+        json.dumps({"name": "pets", "heads": {"class": ["cat", "dog"]}, "template": "a {class}"})
+    )
+    assert World.load(tmp_path / "w.json").prompt("dog") == "a dog"

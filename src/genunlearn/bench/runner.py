@@ -1,8 +1,12 @@
 """Run a benchmark grid: one cell = erase -> evaluate -> attacks, recorded in results.jsonl.
 
 Finished cells are skipped on re-run (resumable); a failing cell records its error and the grid
-goes on. Cells run in this process by default, or as Ray tasks (``ray=True`` for a local
-cluster, or an address such as ``"auto"`` / ``"ray://host:10001"``) with the same rows.
+goes on. A spec with ``sequential`` adds one sequential-unlearning cell per model x method x seed
+(:mod:`genunlearn.bench.sequential`). Cells run in this process by default, or as Ray tasks
+(``ray=True`` for a local cluster on this machine's CPUs, or an address such as ``"auto"`` /
+``"ray://host:10001"``) with the same rows; on a multi-machine cluster the output directory must
+be on a filesystem every node sees. Every row records the genunlearn version that wrote it, and
+a results file written by another version is refused instead of being resumed into.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from genunlearn.bench.results import RESULTS, append_rows, finished_cells
+from genunlearn.bench.results import RESULTS, append_rows, check_version, finished_cells
 from genunlearn.bench.spec import Cell, Spec, expand_concepts, parse_spec
 
 _MODELS: dict[str, Any] = {}
@@ -27,23 +31,59 @@ def _model(name: str):
 
 
 def _base_row(cell: Cell, run_dir: Path, kind: str | None) -> dict[str, Any]:
+    from genunlearn.runs import version
+
     return {
         "cell": cell.id,
         "model": cell.model,
         "method": cell.method.name,
         "label": cell.method.key,
+        "preset": cell.method.preset,
+        "overrides": dict(cell.method.overrides),
         "target": cell.concept,
         "kind": kind,
         "seed": cell.seed,
         "run_dir": str(run_dir),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "genunlearn_version": version(),
     }
+
+
+def run_sequential_cell(cell: Cell, spec: Spec, out: Path) -> list[dict[str, Any]]:
+    """Erase ``cell.sequence`` in turn and score every step; failures become a 'failed' row."""
+    from genunlearn.bench.sequential import erase_sequence, step_rows
+    from genunlearn.core.images import save_grid
+
+    run_dir = out / "runs" / cell.id
+    try:
+        model = _model(cell.model)
+        final, steps = erase_sequence(
+            model, cell.method.name, cell.sequence, preset=cell.method.preset, seed=cell.seed,
+            eval=spec.eval, **cell.method.overrides,
+        )  # fmt: skip
+        world = final.world
+        prompts = [world.caption(world.split([c])[0][0]) for c in cell.sequence][:4]
+        prompts += [world.caption(lab) for lab in world.split(list(cell.sequence))[1][:4]]
+        save_grid(final.sample(prompts, n=2, seed=0), run_dir / "samples.png", nrow=4)
+        return step_rows(steps, _base_row(cell, run_dir, "sequential"))
+    except Exception as e:  # a failing cell is recorded, the grid goes on
+        return [_failed_row(cell, run_dir, "sequential", e)]
+
+
+def _failed_row(cell: Cell, run_dir: Path, kind: str | None, e: BaseException) -> dict[str, Any]:
+    return {
+        **_base_row(cell, run_dir, kind), "attack": None, "metric": "error", "value": None,
+        "status": "failed", "error": f"{type(e).__name__}: {e}",
+        "traceback": traceback.format_exc(limit=5),
+    }  # fmt: skip
 
 
 def run_cell(cell: Cell, spec: Spec, out: Path) -> list[dict[str, Any]]:
     """Erase, evaluate and attack one cell; never raises (failures become a 'failed' row)."""
     from genunlearn import api
 
+    if cell.sequence:
+        return run_sequential_cell(cell, spec, out)
     run_dir = out / "runs" / cell.id
     kind = None
     try:
@@ -82,11 +122,7 @@ def run_cell(cell: Cell, spec: Spec, out: Path) -> list[dict[str, Any]]:
                 save_grid(res.images[:8], run_dir / f"attack_{a}.png", nrow=8)
         return rows
     except Exception as e:  # a failing cell is recorded, the grid goes on
-        row = _base_row(cell, run_dir, kind)
-        return [
-            {**row, "attack": None, "metric": "error", "value": None, "status": "failed",
-             "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
-        ]  # fmt: skip
+        return [_failed_row(cell, run_dir, kind, e)]
 
 
 def attack_config(spec: Spec, attack: str) -> dict[str, Any]:
@@ -98,15 +134,30 @@ def attack_config(spec: Spec, attack: str) -> dict[str, Any]:
     return {**shared, **(spec.attack_config.get(attack) or {})}
 
 
+def _check_concepts(names: list[str], world) -> None:
+    """Single words must be concepts of the model's world (free text with spaces is allowed)."""
+    if world is not None:
+        for c in names:
+            if " " not in c.strip():
+                world.concept(c)  # raises, naming the closest valid concepts
+
+
 def expand(spec: Spec) -> list[Cell]:
-    """All cells of a spec, in a stable order."""
+    """All cells of a spec, in a stable order; unknown concepts fail here, before any work."""
     cells = []
     for m in spec.models:
         world = _model(m).world
-        for concept in expand_concepts(spec.concepts, world):
+        concepts = expand_concepts(spec.concepts, world)
+        sequence = tuple(expand_concepts(spec.sequential, world))
+        _check_concepts(concepts + list(sequence), world)
+        for concept in concepts:
             for method in spec.methods:
                 for seed in spec.seeds:
                     cells.append(Cell(m, method, concept, seed))
+        if sequence:
+            for method in spec.methods:
+                for seed in spec.seeds:
+                    cells.append(Cell(m, method, "+".join(sequence), seed, sequence))
     return cells
 
 
@@ -120,6 +171,7 @@ def run_spec(spec, out_dir, ray=None, progress: bool = True, report: bool = Fals
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.yaml").write_text(yaml.safe_dump(s.raw, sort_keys=False))
     results = out / RESULTS
+    check_version(results)
     done = finished_cells(results)
     todo = [c for c in expand(s) if c.id not in done]
     if ray:
@@ -136,6 +188,8 @@ def run_spec(spec, out_dir, ray=None, progress: bool = True, report: bool = Fals
 
 
 def _run_ray(todo, s, out, results, address, progress) -> None:
+    import os
+
     from tqdm.auto import tqdm
 
     try:
@@ -144,15 +198,36 @@ def _run_ray(todo, s, out, results, address, progress) -> None:
         from genunlearn.types import GenUnlearnError
 
         raise GenUnlearnError("--ray needs Ray: pip install 'genunlearn[ray]'") from None
-    if not ray.is_initialized():
-        ray.init(address=None if address is True else address, include_dashboard=False)
-    task = ray.remote(run_cell)
-    pending = {task.remote(c, s, out): c for c in todo}
-    bar = tqdm(total=len(pending), desc=f"bench {s.name} (ray)", disable=not progress)
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-            pending.pop(ref)
-            append_rows(results, ray.get(ref))
-            bar.update(1)
-    bar.close()
+    started = not ray.is_initialized()
+    if started:
+        # workers must stay offline and quiet like this process, and share its image cache
+        keep = (
+            "HF_HUB_OFFLINE",
+            "GENUNLEARN_CACHE",
+            "DIFFUSERS_VERBOSITY",
+            "TRANSFORMERS_VERBOSITY",
+        )
+        env = {k: os.environ[k] for k in keep if k in os.environ}
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        ray.init(
+            address=None if address is True else address, include_dashboard=False,
+            log_to_driver=False, runtime_env={"env_vars": env},
+        )  # fmt: skip
+    try:
+        task = ray.remote(run_cell)
+        pending = {task.remote(c, s, out): c for c in todo}
+        bar = tqdm(total=len(pending), desc=f"bench {s.name} (ray)", disable=not progress)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                cell = pending.pop(ref)
+                try:
+                    rows = ray.get(ref)
+                except Exception as e:  # a worker that died still leaves a failed row
+                    rows = [_failed_row(cell, out / "runs" / cell.id, None, e)]
+                append_rows(results, rows)
+                bar.update(1)
+        bar.close()
+    finally:
+        if started:
+            ray.shutdown()

@@ -12,8 +12,11 @@ seeds: [0]
 attacks: [no_attack]             # optional
 eval: {protocol: unlearncanvas, n_per_prompt: 2}
 attack_config: {n_prompts: 10, seed_search: {n_seeds: 4}}   # shared keys + per-attack sections
+sequential: [striped, dotted, star]   # optional: also erase these in turn (one cell per
+                                      # model x method x seed; see genunlearn.bench.sequential)
 ```
 Unknown keys are errors; ``methods: all`` / ``attacks: all`` select every registered one.
+``concepts`` may be left out when ``sequential`` is given.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from typing import Any
 
 from genunlearn.types import GenUnlearnError
 
-KEYS = {"name", "models", "methods", "concepts", "seeds", "attacks", "eval", "attack_config"}
+KEYS = {
+    "name", "models", "methods", "concepts", "seeds", "attacks", "eval", "attack_config",
+    "sequential",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -52,11 +58,15 @@ class Cell:
     method: MethodSpec
     concept: str
     seed: int
+    sequence: tuple[str, ...] = ()  # a sequential-unlearning cell erases these in turn
 
     @property
     def id(self) -> str:
         safe = self.model.replace("/", "_").strip("_")[-40:]
-        return f"{safe}__{self.method.key}__{self.concept.replace(' ', '_')}__s{self.seed}"
+        what = self.concept.replace(" ", "_")
+        if self.sequence:
+            what = "seq-" + "+".join(c.replace(" ", "_") for c in self.sequence)
+        return f"{safe}__{self.method.key}__{what}__s{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class Spec:
     eval: dict[str, Any]
     attack_config: dict[str, Any]
     raw: dict[str, Any]
+    sequential: list[Any] = field(default_factory=list)
 
 
 def _method(m) -> MethodSpec:
@@ -96,8 +107,13 @@ def parse_spec(spec: str | Path | dict) -> Spec:
     bad = set(raw) - KEYS
     if bad:
         raise GenUnlearnError(f"benchmark spec: unknown keys {sorted(bad)}; valid: {sorted(KEYS)}")
+    seq = raw.get("sequential") or []
+    if not isinstance(seq, list):
+        raise GenUnlearnError(
+            "benchmark spec: 'sequential' must be a list of concepts (names or {kind: K, n: N})"
+        )
     for k in ("methods", "concepts"):
-        if not raw.get(k):
+        if not raw.get(k) and not (k == "concepts" and seq):
             raise GenUnlearnError(f"benchmark spec: '{k}' is required and must not be empty")
     methods_raw = raw["methods"]
     if methods_raw == "all":
@@ -116,13 +132,20 @@ def parse_spec(spec: str | Path | dict) -> Spec:
         name=str(raw.get("name", "benchmark")),
         models=list(raw.get("models") or ["toy-sd"]),
         methods=methods,
-        concepts=list(raw["concepts"]) if isinstance(raw["concepts"], list) else [raw["concepts"]],
+        concepts=_as_list(raw.get("concepts")),
         seeds=[int(s) for s in (raw.get("seeds") or [0])],
         attacks=list(attacks),
         eval=ev,
         attack_config=dict(raw.get("attack_config") or {}),
         raw=raw,
+        sequential=list(seq),
     )
+
+
+def _as_list(value) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
 
 
 def expand_concepts(entries: list[Any], world) -> list[str]:

@@ -11,6 +11,16 @@ from collections.abc import Callable
 
 import torch
 
+from genunlearn.types import GenUnlearnError
+
+
+class DivergenceError(GenUnlearnError):
+    """The loss became NaN or infinite; ``step`` is where training stopped."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
 
 def finetune(
     params: dict[str, torch.nn.Parameter] | list[torch.nn.Parameter],
@@ -58,6 +68,12 @@ def finetune(
     for step in bar:
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + step)
         loss = loss_fn(step, g)
+        if not torch.isfinite(loss):
+            raise DivergenceError(
+                f"{desc}: the loss is {float(loss)} at step {step} of {steps}; training stopped "
+                f"(try a lower learning rate than {lr})",
+                step,
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if mask is not None:

@@ -169,11 +169,15 @@ def _style_fill(style, col, x, y, mask, rng) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- rendering
-def render(obj: str, style: str, colour: str, rng: np.random.Generator) -> np.ndarray:
+def render(obj: str, style: str, colour: str, rng: np.random.Generator, return_mask: bool = False):
     """Draw one image of ``obj`` in ``style`` and ``colour`` with jitter drawn from ``rng``.
 
+    Args:
+        return_mask: also return the object's region (coverage of the whole shape, outline
+            interior included, float32 [32, 32] in [0, 1]); the image is the same either way.
+
     Returns:
-        uint8 array [32, 32, 3].
+        uint8 array [32, 32, 3] (and the mask when ``return_mask``).
     """
     if obj not in OBJECTS or style not in STYLES or colour not in COLOURS:
         raise KeyError(f"not a ToyCanvas concept triple: {(obj, style, colour)}")
@@ -188,6 +192,7 @@ def render(obj: str, style: str, colour: str, rng: np.random.Generator) -> np.nd
     u = np.cos(rot) * dx + np.sin(rot) * dy
     v = -np.sin(rot) * dx + np.cos(rot) * dy
     mask = _shape_mask(obj, u, v)
+    region = mask.reshape(SIZE, _SS, SIZE, _SS).mean(axis=(1, 3)).astype(np.float32)
     if style == "outlined":
         mask = mask & ~_erode(mask, int(1.6 * _SS))
     col = np.clip(np.asarray(COLOURS[colour]) + rng.integers(-15, 16, size=3), 0, 255)
@@ -195,7 +200,8 @@ def render(obj: str, style: str, colour: str, rng: np.random.Generator) -> np.nd
     fill = _style_fill(style, col, x, y, mask, rng)
     img = np.where(mask[..., None], fill, bg)
     img = img.reshape(SIZE, _SS, SIZE, _SS, 3).mean(axis=(1, 3))
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return (img, region) if return_mask else img
 
 
 def sample(seed: int, index: int) -> Sample:
@@ -211,6 +217,17 @@ def sample_labelled(obj: str, style: str, colour: str, seed: int, index: int) ->
     """An image with the given labels; the jitter is a pure function of (labels, seed, index)."""
     key = [OBJECTS.index(obj), STYLES.index(style), tuple(COLOURS).index(colour)]
     return render(obj, style, colour, np.random.default_rng([int(seed), int(index), *key]))
+
+
+def sample_labelled_with_mask(obj: str, style: str, colour: str, seed: int, index: int):
+    """:func:`sample_labelled` plus the object's region mask (float32 [32, 32] in [0, 1]).
+
+    The region is what a segmenter (MACE's Grounded-SAM) would return for the object; styles and
+    colours live on the object's pixels, so it is their region too.
+    """
+    key = [OBJECTS.index(obj), STYLES.index(style), tuple(COLOURS).index(colour)]
+    rng = np.random.default_rng([int(seed), int(index), *key])
+    return render(obj, style, colour, rng, return_mask=True)
 
 
 def make_arrays(seed: int, n: int, start: int = 0, progress: bool = False):

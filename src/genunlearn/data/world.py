@@ -15,6 +15,13 @@ from pathlib import Path
 from genunlearn.registry import unknown_name_message
 from genunlearn.types import Concept, GenUnlearnError
 
+# the partial-caption forms toy-sd was trained on (models/toy.py) that name one attribute
+TOYCANVAS_PHRASES = {
+    "object": "a {object}",
+    "style": "a shape in {style} style",
+    "colour": "a {colour} shape",
+}
+
 
 @dataclass(frozen=True)
 class World:
@@ -24,22 +31,40 @@ class World:
         name: "toycanvas" or the user's data folder name.
         heads: kind -> ordered concept names (the evaluator's heads, same order).
         template: caption format with one ``{kind}`` field per head.
+        phrases: kind -> the shortest prompt the model was trained on that names a concept of
+            that kind alone (ToyCanvas: "a star", "a shape in striped style", "a red shape").
+            Methods that condition on the concept by itself (ESD, ...) use it: a tiny text
+            encoder trained from scratch does not generalise to prompt forms it never saw
+            (the bare words "striped style" move toy-sd's prediction ~20x less than
+            "a shape in striped style").
     """
 
     name: str
     heads: dict[str, tuple[str, ...]]
     template: str
+    phrases: dict[str, str] | None = None
 
     @classmethod
     def toycanvas(cls) -> World:
         from genunlearn.data import toycanvas
 
-        return cls("toycanvas", dict(toycanvas.KINDS), "a {colour} {object} in {style} style")
+        return cls(
+            "toycanvas",
+            dict(toycanvas.KINDS),
+            "a {colour} {object} in {style} style",
+            dict(TOYCANVAS_PHRASES),
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> World:
         d = json.loads(Path(path).read_text())
-        return cls(d["name"], {k: tuple(v) for k, v in d["heads"].items()}, d["template"])
+        phrases = d.get("phrases") or (TOYCANVAS_PHRASES if d["name"] == "toycanvas" else None)
+        return cls(
+            d["name"],
+            {k: tuple(v) for k, v in d["heads"].items()},
+            d["template"],
+            dict(phrases) if phrases else None,
+        )
 
     def concepts(self, kind: str | None = None) -> list[Concept]:
         """All concepts, or those of one kind; an unknown kind lists the valid kinds."""
@@ -64,6 +89,19 @@ class World:
     def text(self, name: str) -> str:
         """How a concept is said in a prompt: styles as "striped style", the rest by name."""
         return f"{name} style" if self.kind_of(name) == "style" else name
+
+    def prompt(self, name: str) -> str:
+        """The in-distribution prompt naming concept ``name`` alone ("a shape in striped style").
+
+        Uses the world's phrase for the concept's kind; a one-head world fills its caption
+        template; otherwise :meth:`text`.
+        """
+        kind = self.concept(name).kind
+        if self.phrases and kind in self.phrases:
+            return self.phrases[kind].format(**{kind: name})
+        if len(self.heads) == 1:
+            return self.template.format(**{kind: name})
+        return self.text(name)
 
     def caption(self, labels: dict[str, str]) -> str:
         return self.template.format(**labels)

@@ -17,7 +17,7 @@ Parameter groups: ``kv`` (attn2 K/V, default), ``xattn``, ``full`` or any select
 Defaults (styles/objects): lr 2e-6, 200 steps, batch 4 (one GPU), 200 anchor images. Differences:
 anchor prompts come from the model's world (ToyCanvas captions with the target swapped for the
 anchor) instead of an LLM; for free-text targets the anchor text itself is the only anchor prompt.
-Without ``task.anchor``, a world concept's anchor is the first other concept of the same kind.
+Without ``task.anchor``, a world concept's anchor is the next concept of the same kind.
 No horizontal flips (ToyCanvas arrows and moons are oriented).
 """
 
@@ -29,6 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from genunlearn.core.cache import cached_sample
+from genunlearn.core.concept_sets import anchor_pairs
 from genunlearn.core.finetune import finetune
 from genunlearn.core.params import trainable
 from genunlearn.registry import register_method
@@ -61,24 +62,9 @@ class ConceptAblationConfig:
 
 
 def _pairs(model, task) -> tuple[list[str], list[str]]:
-    """(anchor captions, target captions), aligned."""
-    world = getattr(model, "world", None)
-    if len(task.targets) != 1:
-        raise GenUnlearnError("concept_ablation erases one target at a time (got several)")
-    target = task.targets[0]
-    kind = world.kind_of(target) if world else None
-    if kind is None:
-        if not task.anchor:
-            raise GenUnlearnError("concept_ablation needs task.anchor for a free-text target")
-        return [task.anchor], [target]
-    anchor = task.anchor or next(c for c in world.heads[kind] if c != target)
-    if world.kind_of(anchor) != kind:
-        raise GenUnlearnError(
-            f"anchor {anchor!r} must be of kind {kind!r} like the target {target!r}"
-        )
-    has, _ = world.split([target])
-    anchors = [world.caption({**lab, kind: anchor}) for lab in has]
-    return anchors, [world.caption(lab) for lab in has]
+    """(anchor captions, target captions), aligned (``core.concept_sets.anchor_pairs``)."""
+    anchors, targets, _ = anchor_pairs(model, task, "concept_ablation")
+    return anchors, targets
 
 
 @register_method(

@@ -1,26 +1,41 @@
 """uce: Unified Concept Editing in Diffusion Models (Gandikota et al., WACV 2024).
 
-Paper: https://arxiv.org/abs/2308.14761 — official code: github.com/rohitgandikota/unified-concept-editing.
+Paper: Rohit Gandikota, Hadas Orgad, Yonatan Belinkov, Joanna Materzyńska, David Bau.
+https://arxiv.org/abs/2308.14761 — official code: github.com/rohitgandikota/unified-concept-editing.
 
 Idea: training-free. Every cross-attention key and value projection W (``attn2.to_k``,
 ``attn2.to_v``) is replaced by the closed-form least-squares solution (``core.closed_form``) that
-maps the edit concepts' text embeddings c_i to the original projections of their guide concepts,
-v_i* = W c_guide, keeps the projections of preserve concepts c_j (W' c_j ~ W c_j), and stays
-close to W:
+maps the edit concepts' text embeddings c_i to chosen outputs v_i*, keeps the projections of
+preserve concepts c_j (W' c_j ~ W c_j), and stays close to W:
 
     W' = (lam W + s_e sum v_i* c_i^T + s_p sum (W c_j) c_j^T)(lam I + s_e sum c_i c_i^T + s_p sum c_j c_j^T)^-1
 
-Modes: ``erase`` maps each target to its guide (``task.anchor``, else ``guide``, else the empty
-prompt, the 2025 code's default); ``moderate`` maps every target to the empty prompt. The
-``debias`` mode of the paper (an iterative generate-classify-adjust loop over attribute mixes) is
-not implemented yet and raises a clear error.
+Modes (symbols as in the paper):
 
-Embeddings (``token_mode``): ``last_to_end`` (2023 code) uses the tokens from the target's last
-word through the padding, aligned position by position with the guide's tokens from its last word
-(the empty guide starts at its end-of-text token); ``last`` (2025 rewrite) uses the last word
-token only. Preserve prompts use all their tokens, and "" is always preserved (2023 code).
-Preserve set: ``task.retain`` if given, else every other concept of the model's world (none for a
-plain checkpoint). Paper defaults: lam 0.5, erase scale 1, preserve scale max(0.1, 1/N).
+- ``erase``: v_i* = W c_guide, the guide being ``task.anchor``, else ``guide``, else the empty
+  prompt (the 2025 code's default).
+- ``moderate``: every target maps to the empty prompt.
+- ``debias``: v_i* = W (c_i + sum_k alpha_k a_k) for the attribute embeddings a_k (``attributes``,
+  e.g. colours for an object). The alphas start at 0 and are tuned in an outer loop: generate
+  ``debias_images`` images of the concept with the edited model, classify each among the
+  attributes (the world's evaluator restricted to the attribute labels, as the paper's CLIP
+  zero-shot classifier is restricted to the candidate labels), and move alpha_k by
+  ``step_size`` * (desired ratio - observed ratio) until every ratio is within ``max_diff``
+  (at most ``max_iterations`` rounds; a concept that is already balanced keeps its alphas).
+  Each round re-solves the closed form from the original W, so alphas accumulate instead of
+  edits compounding (the 2023 code edits the current W with a per-round weight; the 2025 code
+  accumulates v* in place with an unused step size). Needs a model with a world evaluator.
+
+Embeddings (``token_mode``): ``last_to_end`` (2023 code) uses the tokens from the concept's last
+word through the padding, aligned position by position with the guide's (or attribute's)
+tokens from its last word (the empty guide starts at its end-of-text token); ``last`` (2025
+rewrite) uses the last word token only. Preserve prompts use all their tokens, and "" is always
+preserved (2023 code). Preserve set: ``task.retain`` if given, else every other concept of the
+model's world (none for a plain checkpoint). ``templates`` is the 2025 code's ``expand_prompts``:
+each template filled with the target is one more edit prompt mapped to the guide. Paper defaults: lam 0.5, erase scale 1, preserve
+scale max(0.1, 1/N); debias: 30 rounds, max diff 0.05, step 0.1, 10 images, 20 sampler steps,
+uniform desired ratios. A guide, attribute or explicit preserve concept that is also a target
+is an error (the edit and the preserve term would contradict each other).
 """
 
 from __future__ import annotations
@@ -33,18 +48,29 @@ from genunlearn.core.closed_form import least_squares_edit
 from genunlearn.registry import register_method
 from genunlearn.types import Capability, ErasureResult, GenUnlearnError
 
+MODES = ("erase", "moderate", "debias")
+
 
 @dataclass(frozen=True)
 class UCEConfig:
     """UCE settings (paper defaults).
 
     Args:
-        mode: "erase" or "moderate" ("debias" is not implemented yet).
+        mode: "erase", "moderate" or "debias".
         guide: guide prompt when the task has no anchor (None: the empty prompt).
         lam: pull towards the original weights.
         erase_scale: weight of the edit terms.
         preserve_scale: weight of the preserve terms (None: max(0.1, 1 / #preserve prompts)).
         token_mode: "last_to_end" (2023 code) or "last" (2025 code).
+        templates: expand_prompts: extra edit prompts ``template.format(target)`` that are mapped
+            to the guide as well (the 2025 code's templates are "image of {}", "photo of {}", ...).
+        attributes: debias: the attribute concepts to balance (e.g. colours).
+        ratios: debias: desired share of each attribute (None: uniform); must sum to 1.
+        max_iterations: debias: outer rounds at most.
+        max_diff: debias: tolerance on every attribute share.
+        step_size: debias: alpha change per unit of share error.
+        debias_images: debias: images generated per concept and round.
+        debias_steps: debias: sampler steps of those images (None: the model's default).
     """
 
     mode: str = "erase"
@@ -53,6 +79,14 @@ class UCEConfig:
     erase_scale: float = 1.0
     preserve_scale: float | None = None
     token_mode: str = "last_to_end"
+    templates: tuple[str, ...] = ()
+    attributes: tuple[str, ...] = ()
+    ratios: tuple[float, ...] | None = None
+    max_iterations: int = 30
+    max_diff: float = 0.05
+    step_size: float = 0.1
+    debias_images: int = 10
+    debias_steps: int | None = 20
 
 
 def _rows(model, prompts: list[str], mode: str) -> list[torch.Tensor]:
@@ -68,53 +102,167 @@ def _rows(model, prompts: list[str], mode: str) -> list[torch.Tensor]:
     return out
 
 
+def _aligned(model, a: list[str], b: list[str], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-aligned edit inputs of prompts ``a`` and ``b`` (pairwise, cut to the shorter span)."""
+    ra, rb = _rows(model, a, mode), _rows(model, b, mode)
+    n = [min(len(x), len(y)) for x, y in zip(ra, rb, strict=True)]
+    return (
+        torch.cat([x[:k] for x, k in zip(ra, n, strict=True)]),
+        torch.cat([y[:k] for y, k in zip(rb, n, strict=True)]),
+    )
+
+
+def _check(cfg: UCEConfig) -> None:
+    if cfg.mode not in MODES:
+        raise GenUnlearnError(f"uce mode {cfg.mode!r} is not available; use one of {MODES}")
+    if cfg.token_mode not in ("last_to_end", "last"):
+        raise GenUnlearnError("uce token_mode must be 'last_to_end' or 'last'")
+    bad = [t for t in cfg.templates if "{}" not in t]
+    if bad:
+        raise GenUnlearnError(f"uce templates need a '{{}}' where the concept goes, got {bad}")
+    if cfg.mode != "debias":
+        return
+    if len(cfg.attributes) < 2:
+        raise GenUnlearnError("uce debias needs at least two attributes, e.g. attributes=red,blue")
+    if cfg.ratios is not None and (
+        len(cfg.ratios) != len(cfg.attributes)
+        or any(r < 0 for r in cfg.ratios)
+        or abs(sum(cfg.ratios) - 1) > 1e-6
+    ):
+        raise GenUnlearnError(
+            f"uce ratios must be {len(cfg.attributes)} non-negative shares summing to 1 (one per "
+            f"attribute), got {cfg.ratios}"
+        )
+    if not 0 < cfg.max_diff < 1 or cfg.step_size <= 0 or cfg.debias_images < 1:
+        raise GenUnlearnError(
+            "uce debias needs 0 < max_diff < 1, step_size > 0 and debias_images >= 1"
+        )
+
+
 @register_method(
     "uce",
     config=UCEConfig,
     requires=(Capability.CROSS_ATTENTION, Capability.TEXT_ENCODER),
-    presets={"paper": {}, "toy": {}, "smoke": {}},
+    presets={
+        "paper": {},
+        "toy": {},
+        "smoke": {"max_iterations": 2, "debias_images": 2, "debias_steps": 2},
+    },
     paper="https://arxiv.org/abs/2308.14761",
     modifies=r"^unet\..*\.attn2\.to_[kv]\.weight$",
 )
 def erase(model, task, cfg: UCEConfig) -> ErasureResult:
     """Edit every cross-attention K/V projection in closed form."""
-    if cfg.mode not in ("erase", "moderate"):
-        raise GenUnlearnError(f"uce mode {cfg.mode!r} is not available; use 'erase' or 'moderate'")
-    if cfg.token_mode not in ("last_to_end", "last"):
-        raise GenUnlearnError("uce token_mode must be 'last_to_end' or 'last'")
+    _check(cfg)
     world = getattr(model, "world", None)
     say = lambda t: world.text(t) if world and world.kind_of(t) else t  # noqa: E731
     targets = [say(t) for t in task.targets]
     guide = "" if cfg.mode == "moderate" else say(task.anchor or cfg.guide or "")
+    if cfg.mode == "erase" and guide in targets:
+        raise GenUnlearnError(
+            f"uce guide {guide!r} is also a target; choose a guide concept that is not erased "
+            "(or none for the empty prompt)"
+        )
+    attrs = [say(a) for a in cfg.attributes]
+    if cfg.mode == "debias" and set(attrs) & set(targets):
+        raise GenUnlearnError(
+            f"uce attributes {sorted(set(attrs) & set(targets))} are also targets; debias a "
+            "concept over attributes other than itself"
+        )
     if task.retain is not None:
         keep = [say(r) for r in task.retain]
+        clash = sorted(set(keep) & set(targets))
+        if clash:
+            raise GenUnlearnError(
+                f"uce preserve concepts {clash} are also targets; remove them from retain"
+            )
     elif world is not None:
         keep = [say(c.name) for c in world.concepts() if c.name not in task.targets]
     else:
         keep = []
     keep = [k for k in dict.fromkeys(keep + [""]) if k not in targets]
     s_p = cfg.preserve_scale if cfg.preserve_scale is not None else max(0.1, 1 / len(keep))
+    layers = [
+        p for layer in model.cross_attention_layers().values() for p in (layer.to_k, layer.to_v)
+    ]
+    originals = [p.weight.detach().clone() for p in layers]
     with torch.no_grad():
-        t_rows = _rows(model, targets, cfg.token_mode)
-        g_rows = _rows(model, [guide] * len(targets), cfg.token_mode)
-        c_e, c_g = [], []
-        for tr, gr in zip(t_rows, g_rows, strict=True):
-            n = min(len(tr), len(gr))
-            c_e.append(tr[:n])
-            c_g.append(gr[:n])
-        c_e, c_g = torch.cat(c_e), torch.cat(c_g)
         c_p = model.encode_prompt(keep).flatten(0, 1)
-        edited = 0
-        for layer in model.cross_attention_layers().values():
-            for proj in (layer.to_k, layer.to_v):
-                w = proj.weight
-                w.copy_(least_squares_edit(w, c_e, c_g @ w.T, c_p, cfg.lam, cfg.erase_scale, s_p))
-                edited += 1
+        if cfg.mode != "debias":
+            edits = targets + [tpl.format(t) for t in targets for tpl in cfg.templates]
+            c_e, c_g = _aligned(model, edits, [guide] * len(edits), cfg.token_mode)
+            for proj, w in zip(layers, originals, strict=True):
+                proj.weight.copy_(
+                    least_squares_edit(w, c_e, c_g @ w.T, c_p, cfg.lam, cfg.erase_scale, s_p)
+                )
+            info = {"guide": guide}
+        else:
+            info = _debias(model, targets, attrs, c_p, s_p, layers, originals, cfg)
     return ErasureResult(
         info={
             "targets": targets,
-            "guide": guide,
             "n_preserve": len(keep),
-            "edited_projections": edited,
+            "edited_projections": len(layers),
+            **info,
         }
     )
+
+
+def _debias(model, targets, attrs, c_p, s_p, layers, originals, cfg: UCEConfig) -> dict:
+    """The paper's outer loop: closed-form edit with v* = W(c + sum alpha a), alphas tuned on
+    the attribute shares of the edited model's own generations."""
+    world = getattr(model, "world", None)
+    kinds = {world.kind_of(a) for a in cfg.attributes} if world is not None else {None}
+    if None in kinds or len(kinds) != 1:
+        raise GenUnlearnError(
+            "uce debias classifies generations with the model's world evaluator: the attributes "
+            f"must be concepts of one kind of the model's world, got {list(cfg.attributes)}"
+        )
+    head = kinds.pop()
+    labels = model.evaluator.heads_labels[head]
+    idx = torch.tensor([labels.index(a) for a in cfg.attributes])
+    k = len(attrs)
+    want = torch.tensor(cfg.ratios if cfg.ratios is not None else [1 / k] * k, dtype=torch.float64)
+    # per target: its rows c_i, and the attribute rows a_k aligned to them
+    c_rows, a_rows = [], []
+    for t in targets:
+        pairs = [_aligned(model, [t], [a], cfg.token_mode) for a in attrs]
+        n = min(len(p[0]) for p in pairs)
+        c_rows.append(pairs[0][0][:n])
+        a_rows.append(torch.stack([p[1][:n] for p in pairs]))  # [k, n, d]
+    alpha = torch.zeros(len(targets), k, dtype=torch.float64)
+    history = []
+    for it in range(cfg.max_iterations + 1):
+        shares = torch.stack([_shares(model, t, idx, it, cfg) for t in targets])
+        history.append(shares.tolist())
+        err = want - shares
+        done = err.abs().amax(1) < cfg.max_diff
+        if bool(done.all()) or it == cfg.max_iterations:
+            break
+        alpha += cfg.step_size * err * (~done).unsqueeze(1)
+        c_e = torch.cat(c_rows)
+        mixed = zip(c_rows, alpha, a_rows, strict=True)
+        c_v = torch.cat([c + torch.einsum("k,knd->nd", a.to(c), r) for c, a, r in mixed])
+        for proj, w in zip(layers, originals, strict=True):
+            proj.weight.copy_(
+                least_squares_edit(w, c_e, c_v @ w.T, c_p, cfg.lam, cfg.erase_scale, s_p)
+            )
+    return {
+        "attributes": attrs,
+        "desired_ratios": want.tolist(),
+        "alphas": alpha.tolist(),
+        "ratio_history": history,
+        "iterations": len(history) - 1,
+    }
+
+
+def _shares(model, prompt: str, idx: torch.Tensor, it: int, cfg: UCEConfig) -> torch.Tensor:
+    """Share of each attribute among ``debias_images`` generations of ``prompt`` (the evaluator's
+    logits restricted to the attribute labels, as a zero-shot classifier over the candidates)."""
+    images = model.sample([prompt], n=cfg.debias_images, steps=cfg.debias_steps, seed=1000 * it)
+    head = model.world.kind_of(cfg.attributes[0])
+    ev = model.evaluator.eval()
+    with torch.no_grad():
+        logits = ev(images)[head][:, idx]
+    picked = logits.argmax(1)
+    return torch.bincount(picked, minlength=len(idx)).double() / len(picked)

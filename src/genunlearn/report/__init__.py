@@ -7,12 +7,20 @@
 from __future__ import annotations
 
 from genunlearn.report.html import write_report
-from genunlearn.report.plots import sequential_curves, tradeoff_scatter
-from genunlearn.report.tables import robustness_matrix, summary_table, to_markdown, write_csv
+from genunlearn.report.plots import frontier_plot, sequential_curves, tradeoff_scatter
+from genunlearn.report.tables import (
+    robustness_matrix,
+    sequential_table,
+    summary_table,
+    to_markdown,
+    write_csv,
+)
 
 __all__ = [
+    "frontier_plot",
     "robustness_matrix",
     "sequential_curves",
+    "sequential_table",
     "summary_table",
     "to_markdown",
     "tradeoff_scatter",

@@ -2,7 +2,10 @@
 
 Sections, each with a stable id: ``summary`` and ``summary-by-kind`` (method tables),
 ``robustness`` (methods x attacks: mean ASR with pre-ASR) and ``attack-examples``, ``tradeoff``
-(scatter), ``sequential`` (only when the rows have sequential metrics), ``samples`` (each run's
+(scatter), ``frontier`` (only when a method was run as several labelled variants, e.g. a knob
+sweep), ``sequential`` and ``sequential-table`` (only when the rows have sequential-unlearning
+metrics), ``version-warning`` (only when the rows come from another genunlearn version or mix
+versions), ``samples`` (each run's
 ``samples.png`` next to the ``original`` run of the same concept, plus ``attack_<name>.png``) and
 ``failures``. Every string taken from the rows is HTML-escaped. ``<stem>.csv`` and ``<stem>.md``
 are written next to the page.
@@ -35,6 +38,7 @@ td.err{text-align:left;font-family:monospace;white-space:pre-wrap;color:#a00}
 figcaption{font-size:.8em;color:#555} img{max-width:100%;image-rendering:pixelated}
 .run{border-top:1px solid #ddd;padding:.5em 0}
 .run figure{width:48%} .run img{width:100%} code{background:#f6f6f6;padding:0 .2em}
+.warn{background:#fff4d6;border:1px solid #e0b84c;padding:.4em .7em}
 """
 
 
@@ -85,6 +89,17 @@ def markdown_report(rows: Sequence[dict[str, Any]]) -> str:
     rob = robustness_table(rows)
     if rob:
         parts += ["## Robustness (ASR % with pre-attack ASR)", tables.to_markdown(rob)]
+    front = [
+        {"method": name, "variant": p["knob"], "UA (%)": _pct(p["ua"]), "IRA (%)": _pct(p["ira"]),
+         "CRA (%)": _pct(p["cra"])}
+        for name, pts in plots.frontier_series(rows).items()
+        for p in pts
+    ]  # fmt: skip
+    if front:
+        parts += ["## Erasure/retention frontier", tables.to_markdown(front)]
+    seq = tables.sequential_table(rows)
+    if seq:
+        parts += ["## Sequential unlearning", tables.to_markdown(seq)]
     return "\n\n".join(parts)
 
 
@@ -135,6 +150,44 @@ def _figure(png: bytes | None, section_id: str, title: str, alt: str) -> str:
         f'<section id="{section_id}"><h2>{_e(title)}</h2>'
         f'<img alt="{_e(alt)}" src="{data_uri(png)}"></section>'
     )
+
+
+def _sequential_html(rows: Sequence[dict[str, Any]]) -> str:
+    png = plots.sequential_curves(rows)
+    table = tables.sequential_table(rows)
+    if png is None and not table:
+        return ""
+    out = ['<section id="sequential"><h2>Sequential unlearning</h2>']
+    out.append(
+        "<p>Concepts erased one after another with one method; after each step, UA of every "
+        "concept erased so far (a drop = rebound) and the accuracy on prompts with none of them "
+        "(mean over seeds, %).</p>"
+    )
+    if png is not None:
+        out.append(f'<img alt="sequential curves" src="{data_uri(png)}">')
+    if table:
+        out.append(_table(list(table[0]), [list(r.values()) for r in table], "sequential-table"))
+    return "\n".join(out + ["</section>"])
+
+
+def _frontier_html(rows: Sequence[dict[str, Any]]) -> str:
+    png = plots.frontier_plot(rows)
+    if png is None:
+        return ""
+    body = [
+        [name, p["knob"], _pct(p["ua"]), _pct(p["ira"]), _pct(p["cra"]), p["n_cells"]]
+        for name, pts in plots.frontier_series(rows).items()
+        for p in pts
+    ]
+    return (
+        '<section id="frontier"><h2>Erasure/retention frontier</h2>'
+        "<p>Each method run as several variants (e.g. a knob sweep): UA against IRA and CRA per "
+        "variant, in knob order (means over concepts and seeds, %).</p>"
+        f'<img alt="frontier" src="{data_uri(png)}">'
+        + _table(["method", "variant", "UA (%)", "IRA (%)", "CRA (%)", "cells"], body,
+                 "frontier-table")
+        + "</section>"
+    )  # fmt: skip
 
 
 def _run_dir(run_dir: Any, res_dir: Path) -> Path | None:
@@ -257,12 +310,18 @@ def render_html(rows: Sequence[dict[str, Any]], source: str, res_dir: Path) -> s
     )
     if not rows:
         return head + '<p id="empty">no results yet</p>\n</body></html>\n'
+    from genunlearn.bench.results import version_note
+
+    note = version_note(list(rows))
+    if note:
+        head += f'<p class="warn" id="version-warning">{_e(note)}</p>\n'
     table = tables.summary_table(rows)
     body = [
         _summary_html(table),
         _robustness_html(rows),
         _figure(plots.tradeoff_scatter(table), "tradeoff", "Erasure vs retention", "scatter"),
-        _figure(plots.sequential_curves(rows), "sequential", "Sequential unlearning", "curves"),
+        _frontier_html(rows),
+        _sequential_html(rows),
         _samples_html(rows, res_dir),
         _failures_html(rows),
     ]
@@ -282,11 +341,20 @@ def write_report(results_path_or_dir: str | Path, html_path: str | Path) -> Path
 
     Raises:
         GenUnlearnError: when there is no results file or a line is not JSON.
+
+    Warns:
+        UserWarning: when the rows come from another genunlearn version or mix versions (the
+            page says so too).
     """
-    from genunlearn.bench.results import RESULTS, read_rows
+    import warnings
+
+    from genunlearn.bench.results import RESULTS, read_rows, version_note
 
     src = Path(results_path_or_dir)
     rows = read_rows(src)
+    note = version_note(rows)
+    if note:
+        warnings.warn(note, stacklevel=2)
     res_dir = src if src.is_dir() else src.parent
     out = Path(html_path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,9 @@
   point per method, from a summary table.
 - :func:`sequential_curves`: sequential unlearning, UA of the concepts erased so far and retain
   accuracy against the step, from rows with metric ``seq_ua`` / ``seq_retain``.
+- :func:`frontier_plot`: for every method run as several labelled override variants (a knob
+  sweep such as ``bench/frontier.py`` writes), UA against IRA and against CRA per variant, in knob
+  order, so the sweep shows the erasure/retention frontier.
 
 Both return ``None`` when the rows hold nothing to draw, so that the report can skip the section.
 """
@@ -11,6 +14,9 @@ Both return ``None`` when the rows hold nothing to draw, so that the report can 
 from __future__ import annotations
 
 import io
+import json
+import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +27,12 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from genunlearn.report.tables import mean_std, method_key, method_keys  # noqa: E402
+from genunlearn.report.tables import (  # noqa: E402
+    mean_std,
+    method_key,
+    method_keys,
+    summary_table,
+)
 
 
 def _png(fig) -> bytes:
@@ -140,4 +151,118 @@ def sequential_curves(rows: Sequence[dict[str, Any]]) -> bytes | None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("sequential unlearning")
+    return _png(fig)
+
+
+_LABEL_KNOB = re.compile(r"\[([^\]=]+)=([^\]]*)\]$")  # "esd[steps=50]" (bench/frontier.py)
+
+
+def _variant_overrides(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Overrides per ``(model, label)``: the rows' ``overrides``, else ``name[knob=value]``."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        k = method_key(r)
+        if k in out:
+            continue
+        if isinstance(r.get("overrides"), dict):
+            out[k] = dict(r["overrides"])
+        else:
+            m = _LABEL_KNOB.search(k[1])
+            out[k] = {m.group(1): _number(m.group(2))} if m else {}
+    return out
+
+
+def _number(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _key(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def frontier_series(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Variants of every method that was run with at least two labels, in knob order.
+
+    Args:
+        rows: results rows.
+
+    Returns:
+        ``{method name: [{"label", "knob", "ua", "ira", "cra", "n_cells"}, ...]}`` with the means
+        over each variant's cells; ``knob`` is the text of the overrides that differ between
+        the variants (e.g. ``"steps=50"``). Variants are sorted by the knob's value when exactly
+        one numeric override varies, else kept in first-seen order. Methods with one variant are
+        left out.
+    """
+    table = [t for t in summary_table(rows) if t.get("ua_mean") is not None]
+    overrides = _variant_overrides(rows)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for t in table:
+        groups[(t["model"], str(t["method"]))].append(t)
+    multi_model = len({m for m, _ in groups}) > 1
+    out: dict[str, list[dict[str, Any]]] = {}
+    for (model, method), variants in groups.items():
+        if len(variants) < 2:
+            continue
+        ovs = [overrides.get((model, v["label"]), {}) for v in variants]
+        keys = sorted({k for o in ovs for k in o})
+        varying = [k for k in keys if len({_key(o.get(k)) for o in ovs}) > 1]
+        pts = [
+            {
+                "label": v["label"],
+                "knob": ", ".join(f"{k}={o.get(k)}" for k in varying) or v["label"],
+                "ua": v["ua_mean"],
+                "ira": v["ira_mean"],
+                "cra": v["cra_mean"],
+                "n_cells": v["n_cells"],
+                "_sort": o.get(varying[0]) if len(varying) == 1 else None,
+            }
+            for v, o in zip(variants, ovs, strict=True)
+        ]
+        if all(isinstance(p["_sort"], (int, float)) for p in pts):
+            pts.sort(key=lambda p: p["_sort"])
+        for p in pts:
+            del p["_sort"]
+        out[f"{method} ({model})" if multi_model else method] = pts
+    return out
+
+
+def frontier_plot(rows: Sequence[dict[str, Any]]) -> bytes | None:
+    """Erasure/retention frontier: per method, UA (x) against IRA (circles) and CRA (squares).
+
+    Args:
+        rows: results rows of a knob sweep (one method, several labelled override variants).
+
+    Returns:
+        PNG bytes, or ``None`` when no method has two or more variants.
+    """
+    series = frontier_series(rows)
+    if not series:
+        return None
+    n = len(series)
+    cols = min(3, n)
+    nrows = math.ceil(n / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 4.4 * nrows), squeeze=False)
+    for ax, (name, pts) in zip(axes.flat, series.items(), strict=False):
+        xs = [100 * p["ua"] for p in pts]
+        for metric, style, colour in (("ira", "o-", "C0"), ("cra", "s--", "C1")):
+            ys = [100 * p[metric] if p[metric] is not None else float("nan") for p in pts]
+            ax.plot(xs, ys, style, color=colour, label=metric.upper())
+            for x, y, p in zip(xs, ys, pts, strict=True):
+                if metric == "ira" and not math.isnan(y):
+                    ax.annotate(p["knob"], (x, y), textcoords="offset points", xytext=(5, 5),
+                                fontsize=8)  # fmt: skip
+        ax.set_xlim(-5, 105)
+        ax.set_ylim(-5, 105)
+        ax.set_xlabel("unlearning accuracy UA (%)  → better erasure")
+        ax.set_ylabel("retention (%)")
+        ax.set_title(f"{name}: frontier over {len(pts)} variants", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
     return _png(fig)

@@ -33,8 +33,16 @@ SUMMARY_METRICS: dict[str, tuple[str, float, str, str]] = {
 }
 
 
+SEQUENTIAL = "sequential"  # the ``kind`` of sequential-unlearning rows
+
+
 def _ok(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("status", "ok") == "ok"]
+
+
+def single_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of single-concept cells (sequential-unlearning rows have their own section)."""
+    return [r for r in rows if r.get("kind") != SEQUENTIAL]
 
 
 def method_key(r: dict[str, Any]) -> tuple[str, str]:
@@ -85,7 +93,7 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 def kinds_of(rows: Iterable[dict[str, Any]]) -> list[str]:
     """Concept kinds present in ``rows``: style, object, colour first, then others sorted."""
-    seen = {r.get("kind") for r in rows if r.get("kind")}
+    seen = {r.get("kind") for r in rows if r.get("kind") and r.get("kind") != SEQUENTIAL}
     return [k for k in KIND_ORDER if k in seen] + sorted(seen - set(KIND_ORDER))
 
 
@@ -100,8 +108,9 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         ``<base>_mean`` / ``<base>_std`` for each base of :data:`SUMMARY_METRICS` (UA, IRA, CRA as
         fractions, FID, seconds, peak memory in MB = 2**20 bytes, storage in KB = 2**10 bytes) and
         ``<kind>_<ua|ira|cra>_mean`` / ``_std`` for each concept kind present. Every dict has
-        every key.
+        every key. Sequential-unlearning rows are left out (see :func:`sequential_table`).
     """
+    rows = single_rows(rows)
     keys, names = method_keys(rows)
     latest = [r for r in _latest(rows).values() if r.get("attack") is None]
     ok_cells = {r.get("cell") for r in _ok(rows)}
@@ -176,6 +185,52 @@ def robustness_matrix(
             )
         values.append(line)
     return [names[k] for k in keys], attacks, values
+
+
+def sequential_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sequential unlearning per method and step: UA of each concept erased so far, retention.
+
+    Args:
+        rows: results rows; only ``kind == "sequential"`` rows are used.
+
+    Returns:
+        Display rows ``{"method", "step", "erased", "UA <concept> (%)"..., "mean UA (%)",
+        "IRA (%)", "CRA (%)", "retain (%)"}``, values as text (mean over seeds), ordered by method
+        and step; empty when there are no sequential rows. A concept not yet erased at a step
+        shows "–".
+    """
+    latest = {
+        (r.get("cell"), r.get("metric"), r.get("step"), r.get("concept")): r
+        for r in _ok(rows)
+        if r.get("kind") == SEQUENTIAL
+    }  # a re-recorded cell: its last row per step and concept wins
+    seq = list(latest.values())
+    if not seq:
+        return []
+    keys, names = method_keys(seq)
+    concepts: list[str] = []
+    for r in seq:
+        if r.get("metric") == "seq_ua_concept" and str(r.get("concept")) not in concepts:
+            concepts.append(str(r.get("concept")))
+    cols = {"seq_ua": "mean UA (%)", "seq_ira": "IRA (%)", "seq_cra": "CRA (%)",
+            "seq_retain": "retain (%)"}  # fmt: skip
+    out = []
+    for k in keys:
+        mine = [r for r in seq if method_key(r) == k]
+        for step in sorted({r.get("step") for r in mine if r.get("step") is not None}):
+            at = [r for r in mine if r.get("step") == step]
+            line: dict[str, Any] = {"method": names[k], "step": str(step),
+                                    "erased": str(at[0].get("erased", ""))}  # fmt: skip
+            for c in concepts:
+                vals = [r["value"] for r in at
+                        if r.get("metric") == "seq_ua_concept" and r.get("concept") == c]  # fmt: skip
+                line[f"UA {c} (%)"] = fmt(mean_std(vals)[0], "pct")
+            for m, head in cols.items():
+                line[head] = fmt(
+                    mean_std([r["value"] for r in at if r.get("metric") == m])[0], "pct"
+                )
+            out.append(line)
+    return out
 
 
 def _decimals(v: float) -> int:

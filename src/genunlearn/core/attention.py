@@ -1,0 +1,247 @@
+"""Cross-attention hooks: patch the UNet's ``attn2`` processors, capture, restore exactly.
+
+Attention-based erasure methods (Forget-Me-Not, MACE's LoRA stage, SepME's K/V shifts) need three
+things from every cross-attention layer that diffusers' fused processors do not expose:
+
+- the attention **probabilities** ``softmax(Q K^T * scale)`` per head, query pixel and text token,
+  with gradients (FMN and MACE minimise their mass on the concept tokens);
+- the **keys and values** a prompt produces (closed-form edits read them);
+- an **additive K/V term** ``K = to_k(c) + dK(c)``, ``V = to_v(c) + dV(c)`` that trains without
+  touching the base weights (MACE's rank-1 LoRAs, SepME's null-space shifts).
+
+:func:`patched_cross_attention` swaps in :class:`CrossAttentionProcessor` (an explicit
+re-implementation of diffusers' reference ``AttnProcessor``) on the chosen ``attn2`` modules and
+puts the *same processor objects* back on exit, so a model leaves the block exactly as it entered.
+Probabilities are stored as ``[B, heads, pixels, tokens]`` (they sum to 1 over tokens).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.nn import functional as F
+
+from genunlearn.types import GenUnlearnError
+
+KVDelta = Callable[[torch.Tensor], tuple[torch.Tensor | None, torch.Tensor | None]]
+
+
+class AttentionStore:
+    """What patched processors record during forward passes, by layer name.
+
+    Attributes:
+        probs: layer -> list of attention probabilities [B, heads, pixels, tokens], one per call.
+        keys / values: layer -> list of K / V [B, tokens, dim] (only when ``keep_kv``).
+    """
+
+    def __init__(self, keep_probs: bool = True, keep_kv: bool = False):
+        self.keep_probs = keep_probs
+        self.keep_kv = keep_kv
+        self.probs: dict[str, list[torch.Tensor]] = {}
+        self.keys: dict[str, list[torch.Tensor]] = {}
+        self.values: dict[str, list[torch.Tensor]] = {}
+
+    def clear(self) -> None:
+        """Forget everything recorded so far (call between training steps)."""
+        self.probs.clear()
+        self.keys.clear()
+        self.values.clear()
+
+    def all_probs(self) -> list[torch.Tensor]:
+        """Every recorded probability tensor, in layer then call order."""
+        return [p for v in self.probs.values() for p in v]
+
+
+class CrossAttentionProcessor:
+    """Explicit cross-attention (diffusers' ``AttnProcessor`` maths) with capture and K/V terms.
+
+    Args:
+        name: the layer's module name (key of the store).
+        store: where probabilities / K / V go (None: record nothing).
+        kv_delta: ``c -> (dK, dV)`` added to the projections of the text states (None entries
+            are skipped).
+    """
+
+    def __init__(self, name: str, store: AttentionStore | None = None, kv_delta=None):
+        self.name = name
+        self.store = store
+        self.kv_delta = kv_delta
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, *args, **kwargs):  # fmt: skip
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        ndim = hidden_states.ndim
+        if ndim == 4:
+            b, ch, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, ch, h * w).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        batch, seq = context.shape[0], context.shape[1]
+        attention_mask = attn.prepare_attention_mask(attention_mask, seq, batch)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        key, value = attn.to_k(context), attn.to_v(context)
+        if self.kv_delta is not None:
+            dk, dv = self.kv_delta(context)
+            key = key if dk is None else key + dk
+            value = value if dv is None else value + dv
+        store = self.store
+        if store is not None and store.keep_kv:
+            store.keys.setdefault(self.name, []).append(key)
+            store.values.setdefault(self.name, []).append(value)
+        q, k, v = (attn.head_to_batch_dim(x) for x in (query, key, value))
+        probs = attn.get_attention_scores(q, k, attention_mask)  # [B * heads, pixels, tokens]
+        if store is not None and store.keep_probs:
+            store.probs.setdefault(self.name, []).append(
+                probs.view(batch, attn.heads, probs.shape[1], probs.shape[2])
+            )
+        out = attn.batch_to_head_dim(torch.bmm(probs, v))
+        out = attn.to_out[1](attn.to_out[0](out))
+        if ndim == 4:
+            out = out.transpose(-1, -2).reshape(b, ch, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def cross_attention_modules(model, layers: list[str] | None = None) -> dict[str, torch.nn.Module]:
+    """The model's ``attn2`` modules by name (all, or the named ``layers``)."""
+    mods = model.cross_attention_layers()
+    if layers is None:
+        return mods
+    unknown = [n for n in layers if n not in mods]
+    if unknown:
+        raise GenUnlearnError(
+            f"unknown cross-attention layer(s) {unknown}; the model has: {', '.join(mods)}"
+        )
+    return {n: mods[n] for n in layers}
+
+
+@contextlib.contextmanager
+def patched_cross_attention(
+    model,
+    store: AttentionStore | None = None,
+    kv_delta: dict[str, KVDelta] | None = None,
+    layers: list[str] | None = None,
+) -> Iterator[AttentionStore | None]:
+    """Run a block with explicit, recording cross-attention processors; restore them on exit.
+
+    Args:
+        model: the adapter.
+        store: receives probabilities (and K/V); None records nothing.
+        kv_delta: layer name -> ``c -> (dK, dV)`` added to that layer's keys / values.
+        layers: patch only these ``attn2`` layers (None: all).
+
+    Yields:
+        The store.
+    """
+    mods = cross_attention_modules(model, layers)
+    kv_delta = kv_delta or {}
+    unknown = set(kv_delta) - set(mods)
+    if unknown:
+        raise GenUnlearnError(f"kv_delta names layers that are not patched: {sorted(unknown)}")
+    saved = {n: m.processor for n, m in mods.items()}
+    try:
+        for n, m in mods.items():
+            m.set_processor(CrossAttentionProcessor(n, store, kv_delta.get(n)))
+        yield store
+    finally:
+        for n, m in mods.items():
+            m.set_processor(saved[n])  # the very same objects: nothing else changes
+
+
+def attention_probs(
+    model, x_t, t, cond, layers: list[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """One denoiser call; returns each layer's attention probabilities [B, heads, pixels, tokens]."""
+    store = AttentionStore()
+    with patched_cross_attention(model, store, layers=layers):
+        model.predict_noise(x_t, t, cond)
+    return {n: v[0] for n, v in store.probs.items()}
+
+
+def token_positions(model, prompt: str, phrase: str, include_eot: bool = False) -> list[int]:
+    """Token indices of ``phrase`` inside ``prompt`` (exact token-subsequence match, as in FMN).
+
+    Args:
+        model: the adapter (its tokenizer).
+        prompt: the full prompt.
+        phrase: the concept words to find.
+        include_eot: also return the first end-of-text token (FMN/MACE's ``use_pooler``).
+
+    Raises:
+        GenUnlearnError: the phrase does not occur in the prompt's tokens.
+    """
+    ids = model.tokenize([prompt])[0].tolist()
+    tok = model.tokenizer
+    sub = [i for i in tok(phrase).input_ids if i not in (tok.bos_token_id, tok.eos_token_id)]
+    hits = [s for s in range(len(ids) - len(sub) + 1) if sub and ids[s : s + len(sub)] == sub]
+    if not hits:
+        raise GenUnlearnError(f"{phrase!r} does not occur in the tokens of prompt {prompt!r}")
+    pos = list(range(hits[0], hits[0] + len(sub)))
+    if include_eot and tok.eos_token_id in ids:
+        pos.append(ids.index(tok.eos_token_id))
+    return pos
+
+
+def position_mask(model, prompts: list[str], phrases: list[str], include_eot=False) -> torch.Tensor:
+    """Boolean [B, tokens] marking each prompt's concept tokens (see :func:`token_positions`)."""
+    n_tok = model.tokenize([""]).shape[1]
+    mask = torch.zeros(len(prompts), n_tok, dtype=torch.bool)
+    for i, (p, ph) in enumerate(zip(prompts, phrases, strict=True)):
+        mask[i, token_positions(model, p, ph, include_eot)] = True
+    return mask
+
+
+def concept_attention_loss(
+    probs: list[torch.Tensor], positions: torch.Tensor, region: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sum over layers of the Frobenius norm of the attention paid to the concept tokens.
+
+    This is Forget-Me-Not's loss; with ``region`` it is MACE's (only query pixels inside the
+    concept's region count).
+
+    Args:
+        probs: attention probabilities [B, heads, pixels, tokens] per layer call.
+        positions: boolean [B, tokens], the concept tokens of each batch row.
+        region: [B, H, W] in [0, 1] (the concept's mask at any resolution) or None (all pixels).
+    """
+    total = probs[0].new_zeros(())
+    tok = positions.to(probs[0].dtype)[:, None, None, :]
+    for p in probs:
+        sel = p * tok
+        if region is not None:
+            side = math.isqrt(p.shape[2])
+            if side * side != p.shape[2]:
+                raise GenUnlearnError(f"region masks need square attention maps, got {p.shape[2]}")
+            small = F.interpolate(region[:, None].float(), size=(side, side), mode="area")
+            sel = sel * (small.flatten(1) >= 0.5).to(p.dtype)[:, None, :, None]
+        total = total + sel.norm()
+    return total
+
+
+@torch.no_grad()
+def attention_regions(model, z0, cond, positions, size: tuple[int, int]) -> torch.Tensor:
+    """Where the model looks at the concept: a 0/1 mask [N, H, W] per image.
+
+    The attention paid to the ``positions`` tokens at a mid-schedule timestep, averaged over heads
+    and layers and upsampled to ``size``, thresholded at its mean over the image (the segmenter
+    stand-in for models without a labelled world).
+    """
+    t = torch.full((len(z0),), model.scheduler.config.num_train_timesteps // 2)
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+    probs = attention_probs(model, model.scheduler.add_noise(z0, noise, t), t, cond)
+    maps = []
+    for p in probs.values():
+        side = math.isqrt(p.shape[2])
+        m = (p * positions.to(p.dtype)[:, None, None, :]).sum((1, 3)).view(len(z0), 1, side, side)
+        maps.append(F.interpolate(m, size=size, mode="bilinear", align_corners=False))
+    heat = torch.stack(maps).mean(0)[:, 0]
+    return (heat > heat.mean((1, 2), keepdim=True)).float()

@@ -1,0 +1,372 @@
+"""CLIP models behind one small wrapper: the built-in toy-clip, or a user's local CLIP directory.
+
+**toy-clip** is a ``transformers.CLIPModel`` at tiny size (ViT image tower on 32x32 ToyCanvas
+images with 8x8 patches; 2-layer text transformer on toy-sd's CLIP tokenizer), trained
+contrastively on ToyCanvas, for ``assets/toy-clip`` (not committed yet: see docs/metrics.md;
+``clip='toy-clip'`` errors until then). It is saved exactly like a
+real CLIP checkpoint (``config.json``, ``model.safetensors``, tokenizer files,
+``preprocessor_config.json``), so :func:`load_clip` reads toy-clip and, say, a local copy of
+``openai/clip-vit-base-patch32`` with the same code.
+
+Training (:func:`train_toy_clip`, run by ``python bench/toy_clip.py --train``) follows CLIP's
+symmetric contrastive objective with a learned temperature, with two changes that suit a world of
+only 400 distinct captions: the image->text softmax runs over *all* 400 full captions (no false
+negatives from duplicate captions in a batch), and the text->image side uses every caption in the
+batch plus sampled partial captions ("a star", "a red shape", "striped style") with all matching
+batch images as positives, so that prompts naming only some attributes are scored sensibly too.
+Images get the evaluator's light blur/noise augmentation so that decoded toy-sd samples are
+judged like rendered ones.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from genunlearn.types import GenUnlearnError
+
+NAME = "toy-clip"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+FILES = ("config.json", "preprocessor_config.json")
+
+
+def _size(value, key: str) -> int:
+    """``224`` or ``{"shortest_edge": 224}`` / ``{"height": 224, "width": 224}`` -> 224."""
+    if isinstance(value, dict):
+        return int(value.get(key) or value.get("height") or value.get("shortest_edge"))
+    return int(value)
+
+
+class Clip:
+    """A CLIP image/text model with tensor preprocessing read from its processor config.
+
+    Args:
+        model: a ``transformers.CLIPModel`` (eval mode).
+        tokenizer: its ``CLIPTokenizer``.
+        preprocess: the ``preprocessor_config.json`` mapping (resize, crop, mean, std).
+        name: where it came from ("toy-clip" or the directory).
+    """
+
+    def __init__(self, model, tokenizer, preprocess: dict, name: str):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.resize = _size(preprocess.get("size", 224), "shortest_edge")
+        self.crop = _size(preprocess.get("crop_size", self.resize), "height")
+        self.mean = torch.tensor(preprocess.get("image_mean", OPENAI_MEAN)).view(1, 3, 1, 1)
+        self.std = torch.tensor(preprocess.get("image_std", OPENAI_STD)).view(1, 3, 1, 1)
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [N, 3, H, W] in [0, 1] -> CLIP input: shortest side resized, centre crop, norm."""
+        x = images.float()
+        h, w = x.shape[-2:]
+        if min(h, w) != self.resize:
+            s = self.resize / min(h, w)
+            size = (max(self.resize, round(h * s)), max(self.resize, round(w * s)))
+            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+            x = x.clamp(0, 1)
+        h, w = x.shape[-2:]
+        top, left = (h - self.crop) // 2, (w - self.crop) // 2
+        x = x[..., top : top + self.crop, left : left + self.crop]
+        return (x - self.mean) / self.std
+
+    @staticmethod
+    def _pooled(out) -> torch.Tensor:
+        # transformers 4 returns the projected embeddings, transformers 5 an output object
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        tok = self.tokenizer
+        return dict(
+            tok(list(texts), padding=True, truncation=True, max_length=tok.model_max_length,
+                return_tensors="pt")
+        )  # fmt: skip
+
+    def encode_images(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Unit-norm image embeddings [N, D] of images in [0, 1]."""
+        outs = [
+            self._pooled(self.model.get_image_features(pixel_values=self.pixels(images[i : i + batch_size])))
+            for i in range(0, len(images), batch_size)
+        ]  # fmt: skip
+        return F.normalize(torch.cat(outs), dim=-1)
+
+    def encode_texts(self, texts: list[str], batch_size: int = 512) -> torch.Tensor:
+        """Unit-norm text embeddings [N, D]."""
+        outs = [
+            self._pooled(self.model.get_text_features(**self.tokens(texts[i : i + batch_size])))
+            for i in range(0, len(texts), batch_size)
+        ]
+        return F.normalize(torch.cat(outs), dim=-1)
+
+    @torch.no_grad()
+    def cosine(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Cosine similarity of each image with its own text: [N] (``len(texts) == N``)."""
+        if len(texts) != len(images):
+            raise GenUnlearnError(f"{len(images)} images but {len(texts)} texts; pass one each")
+        uniq = list(dict.fromkeys(texts))
+        t = self.encode_texts(uniq)[[uniq.index(s) for s in texts]]
+        return (self.encode_images(images) * t).sum(-1)
+
+
+def toy_clip_dir() -> Path:
+    """Directory of the committed toy-clip weights."""
+    from genunlearn.models import assets_dir
+
+    return assets_dir() / NAME
+
+
+def load_clip(name_or_path: str | Path = NAME) -> Clip:
+    """Load ``"toy-clip"`` or a local CLIP directory (``CLIPModel.save_pretrained`` layout).
+
+    Raises:
+        GenUnlearnError: the directory or one of its files is missing (the message names the path
+            and what it must hold); nothing is downloaded.
+    """
+    from transformers import CLIPModel, CLIPTokenizer
+
+    builtin = str(name_or_path) == NAME
+    d = toy_clip_dir() if builtin else Path(name_or_path).expanduser()
+    hint = (
+        "reinstall genunlearn or retrain it with 'python bench/toy_clip.py --train'"
+        if builtin
+        else "give the path of a local CLIP directory saved with CLIPModel.save_pretrained, e.g. "
+        "a download of openai/clip-vit-base-patch32"
+    )
+    if not d.is_dir():
+        raise GenUnlearnError(f"CLIP weights: no directory {d}; {hint}")
+    missing = [f for f in FILES if not (d / f).is_file()]
+    if not any((d / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):
+        missing.append("model.safetensors")
+    if missing:
+        raise GenUnlearnError(f"CLIP weights in {d} are incomplete: missing {missing}; {hint}")
+    try:
+        model = CLIPModel.from_pretrained(d, dtype=torch.float32, local_files_only=True)
+        tok = CLIPTokenizer.from_pretrained(d, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise GenUnlearnError(f"could not load CLIP from {d}: {e}; {hint}") from None
+    if len(tok) < 10:  # transformers 5 can silently build a 2-token stub tokenizer
+        raise GenUnlearnError(f"the tokenizer in {d} has only {len(tok)} tokens; {hint}")
+    preprocess = json.loads((d / "preprocessor_config.json").read_text())
+    return Clip(model, tok, preprocess, NAME if builtin else str(d))
+
+
+# --------------------------------------------------------------------------- toy-clip training
+@dataclass(frozen=True)
+class ClipRecipe:
+    """The toy-clip recipe (``recipe.json`` next to the weights records the one that made them)."""
+
+    seed: int = 0
+    n_images: int = 8000
+    steps: int = 600
+    batch: int = 128
+    partial: int = 64  # partial captions per step (text->image side)
+    lr: float = 2e-3
+    warmup: int = 60
+    vision_width: int = 128
+    vision_layers: int = 3
+    patch: int = 8
+    text_width: int = 64
+    text_layers: int = 2
+    embed_dim: int = 128
+
+
+def build_toy_clip(tokenizer, recipe: ClipRecipe, image_size: int = 32):
+    """A randomly initialised tiny ``CLIPModel`` for ``tokenizer``."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(recipe.seed)
+    r = recipe
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=r.text_width, intermediate_size=4 * r.text_width,
+        num_hidden_layers=r.text_layers, num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    vision = dict(
+        image_size=image_size, patch_size=r.patch, hidden_size=r.vision_width,
+        intermediate_size=4 * r.vision_width, num_hidden_layers=r.vision_layers,
+        num_attention_heads=4,
+    )  # fmt: skip
+    cfg = CLIPConfig(text_config=text, vision_config=vision, projection_dim=r.embed_dim)
+    return CLIPModel(cfg)
+
+
+# partial-caption templates and the attributes each one names
+PARTIAL = (
+    ("a {object}", ("object",)),
+    ("a {colour} {object}", ("colour", "object")),
+    ("a {object} in {style} style", ("object", "style")),
+    ("a {colour} shape", ("colour",)),
+    ("a shape in {style} style", ("style",)),
+    ("{style} style", ("style",)),
+    ("a {colour} shape in {style} style", ("colour", "style")),
+)
+
+
+def partial_caption(labels: dict[str, str], rng: random.Random) -> tuple[str, dict[str, str]]:
+    """A caption naming some of an image's attributes, and the attributes it names."""
+    template, named = rng.choice(PARTIAL)
+    return template.format(**labels), {k: labels[k] for k in named}
+
+
+def _positives(named: list[dict[str, str]], labels: torch.Tensor, kinds: dict) -> torch.Tensor:
+    """[T, B] mask: image b has every attribute that text t names (labels: [B, 3] indices)."""
+    pos = torch.ones(len(named), len(labels), dtype=torch.bool)
+    for t, attrs in enumerate(named):
+        for k, v in attrs.items():
+            col = list(kinds).index(k)
+            pos[t] &= labels[:, col] == kinds[k].index(v)
+    return pos
+
+
+def train_toy_clip(out_dir: str | Path, recipe: ClipRecipe | None = None, progress: bool = True):
+    """Train toy-clip on ToyCanvas and save it as a CLIP directory; returns the directory.
+
+    Args:
+        out_dir: receives the model, tokenizer, ``preprocessor_config.json`` and ``recipe.json``.
+        recipe: the recipe (:class:`ClipRecipe` defaults when None).
+        progress: show a progress bar.
+    """
+    import numpy as np
+    from tqdm.auto import tqdm
+    from transformers import CLIPTokenizer
+
+    from genunlearn.data import toycanvas
+    from genunlearn.models import assets_dir
+    from genunlearn.models.evaluator import _augment
+
+    r = recipe or ClipRecipe()
+    tok = CLIPTokenizer.from_pretrained(
+        assets_dir() / "toy-sd" / "tokenizer", local_files_only=True
+    )
+    imgs, lab_idx, _ = toycanvas.make_arrays(r.seed + 101, r.n_images, progress=progress)
+    kinds = list(toycanvas.KINDS)
+    labels = [
+        {k: toycanvas.KINDS[k][j] for k, j in zip(kinds, row, strict=True)} for row in lab_idx
+    ]
+    lab_t = torch.from_numpy(lab_idx)
+    captions = all_captions()
+    cap_index = {c: i for i, c in enumerate(captions)}
+    target = torch.tensor([cap_index[_caption(la)] for la in labels])
+    x_all = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
+    model = build_toy_clip(tok, r, image_size=x_all.shape[-1])
+    clip = Clip(model, tok, preprocessor_config(x_all.shape[-1]), NAME)
+    model.train().requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=0.05)
+    all_tokens = clip.tokens(captions)
+    g = torch.Generator().manual_seed(r.seed)
+    rng = random.Random(r.seed)
+    bar = tqdm(range(r.steps), desc="toy-clip", disable=not progress)
+    for step in bar:
+        warm = min(1.0, (step + 1) / r.warmup)
+        for grp in opt.param_groups:
+            grp["lr"] = r.lr * warm * 0.5 * (1 + np.cos(np.pi * step / r.steps))
+        idx = torch.randint(0, len(x_all), (r.batch,), generator=g)
+        img = F.normalize(
+            Clip._pooled(model.get_image_features(
+                pixel_values=clip.pixels(_augment(x_all[idx].float() / 255, g)))), dim=-1
+        )  # fmt: skip
+        txt_full = F.normalize(Clip._pooled(model.get_text_features(**all_tokens)), dim=-1)
+        scale = model.logit_scale.exp().clamp(max=100)
+        loss_i2t = F.cross_entropy(scale * img @ txt_full.T, target[idx])
+        # text->image: the batch's distinct full captions plus sampled partial captions, each
+        # with every batch image it describes as a positive
+        in_batch = sorted(set(target[idx].tolist()))
+        picks = [int(idx[rng.randrange(r.batch)]) for _ in range(r.partial)]
+        part = [partial_caption(labels[i], rng) for i in picks]
+        tokens = clip.tokens([t for t, _ in part])
+        txt_part = F.normalize(Clip._pooled(model.get_text_features(**tokens)), dim=-1)
+        texts = torch.cat([txt_full[in_batch], txt_part])
+        named = [labels[int(idx[(target[idx] == c).nonzero()[0, 0]])] for c in in_batch]
+        named += [attrs for _, attrs in part]
+        pos = _positives(named, lab_t[idx], toycanvas.KINDS)
+        logp = (scale * texts @ img.T).log_softmax(-1)
+        loss_t2i = -(logp.masked_fill(~pos, -torch.inf).logsumexp(-1)).mean()
+        loss = 0.5 * (loss_i2t + loss_t2i)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return save_toy_clip(model, tok, out_dir, r)
+
+
+def preprocessor_config(size: int) -> dict:
+    """A ``CLIPImageProcessor`` config for ``size``-pixel images (CLIP's mean and std)."""
+    return {
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True,
+        "size": {"shortest_edge": size}, "do_center_crop": True,
+        "crop_size": {"height": size, "width": size}, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(OPENAI_MEAN),
+        "image_std": list(OPENAI_STD), "resample": 3, "do_convert_rgb": True,
+    }  # fmt: skip
+
+
+def save_toy_clip(model, tokenizer, out_dir: str | Path, recipe: ClipRecipe) -> Path:
+    """Save in the CLIP directory layout (fp16 weights, loaded back as float32)."""
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    model.to(torch.float16).save_pretrained(d, safe_serialization=True)
+    model.to(torch.float32)
+    tokenizer.save_pretrained(d)
+    size = model.config.vision_config.image_size
+    (d / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(size), indent=1))
+    (d / "recipe.json").write_text(json.dumps(asdict(recipe), indent=1))
+    return d
+
+
+def _caption(labels: dict[str, str]) -> str:
+    from genunlearn.data import toycanvas
+
+    return toycanvas.caption(labels["colour"], labels["object"], labels["style"])
+
+
+def all_captions() -> list[str]:
+    """Every full ToyCanvas caption (10 objects x 8 styles x 5 colours = 400), sorted."""
+    from itertools import product
+
+    from genunlearn.data import toycanvas
+
+    k = toycanvas.KINDS
+    return sorted(toycanvas.caption(c, o, s) for o, s, c in product(*k.values()))
+
+
+@torch.no_grad()
+def caption_rank_accuracy(clip: Clip, n: int = 1000, seed: int = 4242) -> dict[str, float]:
+    """Share of fresh ToyCanvas images whose own caption beats every one-attribute-off caption.
+
+    For an image of (colour, object, style) the rivals are the 4 + 9 + 7 = 20 captions that change
+    exactly one attribute; success means the true caption has the strictly highest similarity.
+    ``rank1_<kind>`` counts only the rivals that change that attribute. The images come from a
+    world seed that training never used.
+    """
+    from genunlearn.data import toycanvas
+
+    imgs, lab_idx, _ = toycanvas.make_arrays(seed, n)
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
+    captions = all_captions()
+    index = {c: i for i, c in enumerate(captions)}
+    sim = clip.encode_images(x) @ clip.encode_texts(captions).T
+    kinds = list(toycanvas.KINDS)
+    wins = dict.fromkeys(kinds, 0)
+    total = 0
+    for i, row in enumerate(lab_idx):
+        lab = {k: toycanvas.KINDS[k][j] for k, j in zip(kinds, row, strict=True)}
+        true = sim[i, index[_caption(lab)]]
+        ok_all = True
+        for k in kinds:
+            rivals = [index[_caption({**lab, k: v})] for v in toycanvas.KINDS[k] if v != lab[k]]
+            ok = bool((true > sim[i, rivals]).all())
+            wins[k] += ok
+            ok_all &= ok
+        total += ok_all
+    out = {"rank1": total / n, "n_images": n}
+    out.update({f"rank1_{k}": wins[k] / n for k in kinds})
+    return out

@@ -1,0 +1,86 @@
+"""ConceptPrune's signature: WANDA-scored skilled weights of ff.net.2 are zeroed, never more than
+the configured fraction, and only where the target outscores the base."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import genunlearn as gu
+from genunlearn.methods.concept_prune import (
+    ConceptPruneConfig,
+    column_norms,
+    ffn_layers,
+    paired_prompts,
+    skilled_mask,
+)
+
+
+def test_prunes_only_ffn_weights_to_zero_within_the_fraction(tiny_model):
+    cap = 0.03
+    # a large skill ratio over every step would select far more than the cap without it
+    run = gu.erase(
+        tiny_model, "concept_prune", "star", preset="smoke", skill_ratio=0.5, union_steps=3,
+        max_fraction=cap,
+    )  # fmt: skip
+    layers = {f"unet.{n}.weight": m.weight for n, m in ffn_layers(tiny_model).items()}
+    assert run.result.changed and set(run.result.changed) <= set(layers)
+    total_new_zeros = 0
+    for name, new in run.result.changed.items():
+        old = layers[name]
+        moved = new != old
+        assert (new[moved] == 0).all()  # pruning only ever sets weights to zero
+        assert int(moved.sum()) <= int(cap * old.numel())
+        total_new_zeros += int(moved.sum())
+    assert total_new_zeros > 0
+    assert run.result.info["pruned_fraction_ffn"] <= cap
+
+
+def test_skilled_weights_are_top_wanda_scores_that_beat_the_base():
+    w = torch.ones(4, 10)
+    target = torch.ones(1, 10)
+    base = torch.ones(1, 10)
+    target[0, 3] = 5.0  # column 3 fires for the target prompts ...
+    target[0, 7] = 4.0  # ... and column 7 too, but it fires even more for the base prompts
+    base[0, 7] = 9.0
+    cfg = ConceptPruneConfig(skill_ratio=0.2, union_steps=1, max_fraction=1.0)
+    mask = skilled_mask(w, target, base, cfg)
+    assert mask[:, 3].all() and not mask[:, 7].any()
+    assert int(mask.sum()) == 4  # top-2 per row, of which only column 3 beats the base
+    # a small weight is not skilled even when its input fires (the score is |W| * ||X||)
+    w[:, 3] = 0.01
+    assert not skilled_mask(w, target, base, cfg)[:, 3].any()
+
+
+def test_the_cap_keeps_the_weights_selected_at_most_steps():
+    w = torch.ones(2, 10)
+    target = torch.ones(3, 10)
+    base = torch.zeros(3, 10)
+    target[:, 0] = 5.0  # chosen at all three steps
+    target[0, 1] = 4.0  # chosen at one step only
+    cfg = ConceptPruneConfig(skill_ratio=0.2, union_steps=3, max_fraction=0.1)
+    mask = skilled_mask(w, target, base, cfg)
+    assert int(mask.sum()) == 2 and mask[:, 0].all()
+
+
+def test_paired_prompts_swap_the_target_for_another_concept(tiny_model):
+    targets, bases = paired_prompts(tiny_model, gu.ErasureTask("star"), ConceptPruneConfig())
+    assert len(targets) == len(bases) == 8  # one per style
+    for t, b in zip(targets, bases, strict=True):
+        assert "star" in t and "star" not in b
+        assert t.replace("star", "heart") == b  # the next object of the world
+
+
+def test_column_norms_are_recorded_per_denoising_step(tiny_model):
+    cfg = ConceptPruneConfig(steps=3)
+    norms = column_norms(tiny_model, ["a red star in flat style"], cfg)
+    for name, layer in ffn_layers(tiny_model).items():
+        assert norms[name].shape == (3, layer.in_features)
+        assert (norms[name] >= 0).all() and norms[name].sum() > 0
+
+
+def test_fraction_out_of_range_is_a_clear_error(tiny_model):
+    with pytest.raises(gu.GenUnlearnError, match=r"skill_ratio must be in \(0, 1\]"):
+        gu.erase(tiny_model, "concept_prune", "star", preset="smoke", skill_ratio=1.5)
+    with pytest.raises(gu.GenUnlearnError, match=r"max_fraction must be in \(0, 1\]"):
+        gu.erase(tiny_model, "concept_prune", "star", preset="smoke", max_fraction=0)

@@ -1,0 +1,63 @@
+"""Degeneration-Tuning's signature: the concept captions are trained onto scrambled grids of the
+base model's own concept images (same multiset of patches, other positions), and afterwards the
+concept caption denoises scrambled grids better than it did."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+import genunlearn as gu
+from genunlearn import registry
+from genunlearn.core.cache import cached_sample
+from genunlearn.core.degrade import patches
+from genunlearn.methods.degeneration_tuning import scrambled_targets
+
+
+def _cfg(**kw):
+    entry = registry.get("method", "degeneration_tuning")
+    return entry.config(**{**entry.presets["smoke"], **kw})
+
+
+def _multiset(images, grid):
+    p = patches(images, grid).flatten(2).reshape(-1, images[0].numel() // grid**2)
+    return sorted(tuple(round(v, 6) for v in row.tolist()) for row in p)
+
+
+def test_targets_are_scrambled_grids_of_the_concept_images(tiny_model):
+    cfg = _cfg(n_concept_images=8, grid=4)
+    caps, idx, images, scrambled = scrambled_targets(tiny_model, gu.ErasureTask("star"), cfg)
+    assert caps and all("star" in c for c in caps)
+    # the originals are the base model's images of those captions
+    per = len(images) // len(caps)
+    assert torch.equal(images, cached_sample(tiny_model, caps, n=per, seed=0))
+    assert torch.equal(idx, torch.arange(len(caps)).repeat_interleave(per))
+    for i in range(len(images)):
+        # (that the permutation is never the identity is checked on random images in
+        # tests/unit/test_degrade.py: the tiny model's images can have identical patches)
+        a, b = images[i : i + 1], scrambled[i : i + 1]
+        assert _multiset(a, 4) == _multiset(b, 4)
+
+
+def _scramble_loss(model, z, cond):
+    g = torch.Generator().manual_seed(3)
+    eps = torch.randn(z.shape, generator=g)
+    t = torch.randint(100, 900, (len(z),), generator=g)
+    sched = model.scheduler
+    with torch.no_grad():
+        return float(F.mse_loss(model.predict_noise(sched.add_noise(z, eps, t), t, cond), eps))
+
+
+def test_concept_caption_learns_the_scrambled_images(tiny_model):
+    kw = {"n_concept_images": 4, "prior_loss_weight": 0.0, "batch_size": 4}
+    # gu.erase(seed=0) draws the scramble from seed 0: these are the very training targets
+    caps, idx, _, scrambled = scrambled_targets(
+        tiny_model, gu.ErasureTask("star"), _cfg(**kw), seed=0
+    )
+    with torch.no_grad():
+        z = tiny_model.encode_images(scrambled)
+        cond = tiny_model.encode_prompt(caps)[idx]
+    run = gu.erase(
+        tiny_model, "degeneration_tuning", "star", preset="smoke", steps=40, lr=3e-3, **kw
+    )
+    assert _scramble_loss(run.model, z, cond) < 0.7 * _scramble_loss(tiny_model, z, cond)

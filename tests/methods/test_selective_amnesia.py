@@ -1,0 +1,78 @@
+"""Selective Amnesia's signature: an EWC term from a diagonal Fisher of replay samples."""
+
+from __future__ import annotations
+
+import torch
+
+import genunlearn as gu
+from genunlearn.core.forget_sets import generate_latents
+from genunlearn.core.params import select_parameters
+from genunlearn.methods.selective_amnesia import diagonal_fisher, ewc_penalty
+
+
+def _replay(model, prompts=("a red circle in flat style", "a blue ring in dotted style")):
+    return generate_latents(model, list(prompts), 2)
+
+
+def _kv(model):
+    return dict(list(select_parameters(model, "kv").items())[:2])
+
+
+def test_loss_has_a_nonzero_ewc_term_from_a_nonzero_fisher(tiny_model):
+    run = gu.erase(tiny_model, "selective_amnesia", "star", preset="smoke", seed=0, steps=3)
+    info = run.result.info
+    assert info["fisher_mean"] > 0 and info["fisher_samples"] == 2
+    assert info["ewc"][0] == 0.0  # theta == theta* before the first step
+    assert max(info["ewc"][1:]) > 0.0
+
+
+def test_fisher_is_the_mean_squared_per_sample_gradient_summed_over_timesteps(tiny_model):
+    m = tiny_model.copy()
+    params, data = _kv(m), _replay(m)
+    both = diagonal_fisher(m, params, data, n_samples=2, timesteps=4, chunk=4)
+    # chunking the timesteps changes nothing: the gradient is summed before it is squared
+    chunked = diagonal_fisher(m, params, data, n_samples=2, timesteps=4, chunk=1)
+    for n in params:  # (batch sizes differ, so only up to float rounding)
+        assert torch.allclose(both[n], chunked[n], rtol=1e-3, atol=1e-4 * float(both[n].max()))
+    # sample 0 alone, by hand: (T/4 * grad of the summed per-timestep MSE)^2
+    T = m.scheduler.config.num_train_timesteps
+    ts = torch.linspace(0, T - 1, 4).round().long()
+    g = torch.Generator().manual_seed(0)
+    z0 = data.latents[:1].expand(4, -1, -1, -1)
+    noise = torch.randn(z0.shape, generator=g)
+    for p in params.values():
+        p.requires_grad_(True)
+    pred = m.predict_noise(m.scheduler.add_noise(z0, noise, ts), ts, data.emb[[0] * 4])
+    loss = (pred - noise).pow(2).mean(dim=(1, 2, 3)).sum() * (T / 4)
+    grads = torch.autograd.grad(loss, list(params.values()))
+    one = diagonal_fisher(m, params, data, n_samples=1, timesteps=4, chunk=4)
+    for (n, _), gr in zip(params.items(), grads, strict=True):
+        assert torch.allclose(one[n], gr.pow(2), rtol=1e-3, atol=1e-4 * float(one[n].max()))
+        # averaging over samples happens after squaring (not the square of the mean gradient)
+        assert not torch.allclose(both[n], one[n])
+
+
+def test_fisher_depends_on_the_replay_samples(tiny_model):
+    m = tiny_model.copy()
+    params = _kv(m)
+    a = diagonal_fisher(m, params, _replay(m), 2, 4, 4)
+    b = diagonal_fisher(m, params, _replay(m, ("a green moon in wavy style",) * 2), 2, 4, 4)
+    assert any(not torch.allclose(a[n], b[n]) for n in params)
+
+
+def test_ewc_penalty_weights_squared_drift_by_fisher():
+    p = {"w": torch.tensor([1.0, 2.0, 3.0])}
+    star = {"w": torch.tensor([1.0, 0.0, 1.0])}
+    fisher = {"w": torch.tensor([5.0, 0.5, 0.0])}
+    assert float(ewc_penalty(p, fisher, star)) == 0.5 * 4
+
+
+def test_ewc_holds_weights_near_the_original(tiny_model):
+    def drift(lam):
+        run = gu.erase(
+            tiny_model, "selective_amnesia", "star", preset="smoke", seed=0, steps=6, lam=lam
+        )
+        base = dict(tiny_model.named_parameters())
+        return sum(float((v - base[n]).pow(2).sum()) for n, v in run.result.changed.items())
+
+    assert drift(1e8) < 0.5 * drift(0.0)

@@ -1,0 +1,70 @@
+"""SepME's signature: per-concept K/V shifts in the null space of the other concepts, so any one
+concept can be restored exactly while the others stay erased."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import genunlearn as gu
+from genunlearn.methods.sepme import null_basis, restore
+
+
+def _eps(model, prompt):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, *model.latent_shape, generator=g)
+    with torch.no_grad():
+        return model.predict_noise(x, torch.tensor([200, 700]), model.encode_prompt([prompt] * 2))
+
+
+@pytest.fixture(scope="module")
+def two(tiny_model):
+    return gu.erase(
+        tiny_model,
+        "sepme",
+        gu.ErasureTask(("star", "striped")),
+        preset="smoke",
+        max_steps=4,
+        lr=0.5,
+    )
+
+
+def test_shifts_lie_in_the_null_space_of_the_other_concepts(tiny_model, two):
+    shifts = two.result.info["shifts"]
+    with torch.no_grad():
+        e = {t: tiny_model.encode_prompt([p])[0] for t, p in
+             (("star", "star"), ("striped", "striped style"), ("", ""))}  # fmt: skip
+    for concept, other in (("star", "striped"), ("striped", "star")):
+        for dw in shifts.delta[concept].values():
+            assert dw.abs().max() > 0
+            assert (e[other] @ dw.T).abs().max() < 1e-4 * (e[concept] @ dw.T).abs().max() + 1e-7
+            assert (e[""] @ dw.T).abs().max() < 1e-4 * (e[concept] @ dw.T).abs().max() + 1e-7
+
+
+def test_restoring_one_concept_is_exact_and_keeps_the_other_erased(tiny_model, two):
+    back = restore(two, "star")
+    base_star, base_striped = _eps(tiny_model, "star"), _eps(tiny_model, "striped style")
+    assert not torch.allclose(_eps(two.model, "star"), base_star, atol=1e-4)
+    torch.testing.assert_close(_eps(back, "star"), base_star, rtol=0, atol=2e-6)
+    # the other concept is still erased, exactly as in the erased model
+    torch.testing.assert_close(_eps(back, "striped style"), _eps(two.model, "striped style"),
+                               rtol=0, atol=2e-6)  # fmt: skip
+    assert not torch.allclose(_eps(back, "striped style"), base_striped, atol=1e-4)
+    # the unconditional prediction never moved
+    torch.testing.assert_close(_eps(two.model, ""), _eps(tiny_model, ""), rtol=0, atol=2e-6)
+
+
+def test_null_basis_is_orthonormal_and_annihilates_rows():
+    rows = torch.randn(5, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    b = null_basis(rows, 1e-9, 100)
+    assert b.shape == (7, 12)
+    torch.testing.assert_close(b @ b.T, torch.eye(7, dtype=torch.float64))
+    assert (rows @ b.T).abs().max() < 1e-10
+    assert null_basis(rows, 1e-9, 3).shape == (3, 12)
+
+
+def test_sepme_bad_input_is_a_clear_error(tiny_model, two):
+    with pytest.raises(gu.GenUnlearnError, match="null_tol must be in"):
+        gu.erase(tiny_model, "sepme", "star", preset="smoke", null_tol=2.0)
+    with pytest.raises(gu.GenUnlearnError, match="not erased"):
+        restore(two, "heart")
