@@ -70,7 +70,7 @@ def finetune(
         loss = loss_fn(step, g)
         if not torch.isfinite(loss):
             raise DivergenceError(
-                f"{desc}: the loss is {float(loss)} at step {step} of {steps}; training stopped "
+                f"{desc}: the loss is {float(loss.detach())} at step {step} of {steps}; training stopped "
                 f"(try a lower learning rate than {lr})",
                 step,
             )
