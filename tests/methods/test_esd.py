@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import product
+
 import torch
 
 import genunlearn as gu
@@ -47,3 +49,17 @@ def test_partial_trajectory_runs_k_steps(tiny_model):
     # the sampler's first two steps reach the same latents
     x2b, _ = partial_trajectory(tiny_model, cond, unc, 5, 2, 3.0, noise)
     assert torch.equal(x2, x2b)
+
+
+def test_esd_caption_prompts_are_world_captions_with_the_target(tiny_model):
+    run = gu.erase(tiny_model, "esd", "star", preset="smoke", prompt="captions", max_prompts=7)
+    prompts = run.result.info["prompts"]
+    world = tiny_model.world
+    kinds = list(world.heads)
+    every = {
+        world.caption(dict(zip(kinds, c, strict=True))) for c in product(*world.heads.values())
+    }
+    assert len(prompts) == 7 and len(set(prompts)) == 7
+    assert all(p in every and "star" in p.split() for p in prompts)
+    # spread over the concept's captions (several colours), not the first rows only
+    assert len({p.split()[1] for p in prompts}) > 1

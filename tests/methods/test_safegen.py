@@ -7,7 +7,7 @@ import torch
 
 import genunlearn as gu
 from genunlearn import registry
-from genunlearn.core.concept_sets import images_for, target_captions
+from genunlearn.core.concept_sets import caption_sets, generate_latents
 from genunlearn.core.degrade import mosaic
 from genunlearn.methods.safegen import triplets
 
@@ -30,7 +30,8 @@ def test_triplets_are_concept_mosaic_benign_with_the_empty_caption(tiny_model):
     empty = tiny_model.encode_prompt([""])
     assert torch.equal(emb_c, empty.expand_as(emb_c)) and torch.equal(emb_b, empty.expand_as(emb_b))
     # z_m[i] encodes the pixelated version of the very image z_c[i] encodes
-    images, z, _ = images_for(tiny_model, target_captions(tiny_model, gu.ErasureTask("star")), 4)
+    data = generate_latents(tiny_model, caption_sets(tiny_model, gu.ErasureTask("star"))[0], 4)
+    images, z = data.images, data.latents
     with torch.no_grad():
         assert torch.allclose(z_c, z)
         assert torch.allclose(z_m, tiny_model.encode_images(mosaic(images, cfg.mosaic_block)))

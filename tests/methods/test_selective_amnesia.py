@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import genunlearn as gu
-from genunlearn.core.forget_sets import generate_latents
+from genunlearn.core.concept_sets import generate_latents
 from genunlearn.core.params import select_parameters
 from genunlearn.methods.selective_amnesia import diagonal_fisher, ewc_penalty
 

@@ -36,10 +36,11 @@ def test_uce_maps_target_to_guide_and_keeps_preserved(tiny_model):
     task = gu.ErasureTask("star", anchor="circle", retain=("heart", "striped"))
     run = gu.erase(tiny_model, "uce", task, lam=1e-3, erase_scale=10.0, preserve_scale=10.0)
     with torch.no_grad():
-        (c_t,) = _rows(tiny_model, ["star"], "last_to_end")
-        (c_g,) = _rows(tiny_model, ["circle"], "last_to_end")
+        say = tiny_model.world.prompt  # how UCE says a world concept: "a star"
+        (c_t,) = _rows(tiny_model, [say("star")], "last_to_end")
+        (c_g,) = _rows(tiny_model, [say("circle")], "last_to_end")
         n = min(len(c_t), len(c_g))
-        c_p = tiny_model.encode_prompt(["heart", "striped style"]).flatten(0, 1)
+        c_p = tiny_model.encode_prompt([say("heart"), say("striped")]).flatten(0, 1)
         for w_old, w_new in _kv_pairs(tiny_model, run.model):
             want = c_g[:n] @ w_old.T
             assert _rel(c_t[:n] @ w_new.T, want) < 0.1
@@ -65,11 +66,12 @@ def test_uce_debias_maps_target_to_the_attribute_mix_it_tuned(tiny_model):
     assert torch.allclose(alpha, 0.5 * errs)
     assert alpha.abs().sum() > 0
     with torch.no_grad():
-        c_t, a_red = _aligned(tiny_model, ["star"], ["red"], "last_to_end")
-        _, a_blue = _aligned(tiny_model, ["star"], ["blue"], "last_to_end")
+        say = tiny_model.world.prompt
+        c_t, a_red = _aligned(tiny_model, [say("star")], [say("red")], "last_to_end")
+        _, a_blue = _aligned(tiny_model, [say("star")], [say("blue")], "last_to_end")
         n = min(len(a_red), len(a_blue))
         mix = c_t[:n] + float(alpha[0]) * a_red[:n] + float(alpha[1]) * a_blue[:n]
-        c_p = tiny_model.encode_prompt(["heart"]).flatten(0, 1)
+        c_p = tiny_model.encode_prompt([say("heart")]).flatten(0, 1)
         for w_old, w_new in _kv_pairs(tiny_model, run.model):
             assert _rel(c_t[:n] @ w_new.T, mix @ w_old.T) < 0.1
             assert _rel(c_p @ w_new.T, c_p @ w_old.T) < 0.1
@@ -77,7 +79,7 @@ def test_uce_debias_maps_target_to_the_attribute_mix_it_tuned(tiny_model):
 
 
 def test_uce_rejects_guides_and_preserves_that_are_targets(tiny_model):
-    with pytest.raises(gu.GenUnlearnError, match="guide 'star' is also a target"):
+    with pytest.raises(gu.GenUnlearnError, match=r"guide \['star'\] is also a target"):
         gu.erase(tiny_model, "uce", gu.ErasureTask("star", anchor="star"))
     with pytest.raises(gu.GenUnlearnError, match=r"preserve concepts \['star'\]"):
         gu.erase(tiny_model, "uce", gu.ErasureTask("star", retain=("heart", "star")))
@@ -96,3 +98,14 @@ def test_uce_bad_settings_are_clear_errors(tiny_model):
     with pytest.raises(gu.GenUnlearnError, match="one kind"):
         gu.erase(tiny_model, "uce", "star", preset="smoke", mode="debias",
                  attributes=("red", "striped"))  # fmt: skip
+
+
+def test_uce_neighbour_guide_is_the_next_concept_of_the_same_kind(tiny_model):
+    world = tiny_model.world
+    for target in ("star", "striped"):
+        names = world.heads[world.kind_of(target)]
+        nxt = names[(names.index(target) + 1) % len(names)]
+        run = gu.erase(tiny_model, "uce", target, guide="neighbour")
+        assert run.result.info["guides"] == [world.prompt(nxt)]
+    with pytest.raises(gu.GenUnlearnError, match="neighbour.*needs a concept of the model's world"):
+        gu.erase(tiny_model, "uce", "a photo of a cat", guide="neighbour")

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from genunlearn.core.concept_sets import anchor_pairs, images_for
+from genunlearn.core.concept_sets import anchor_pairs, generate_latents
 from genunlearn.core.finetune import finetune
 from genunlearn.core.params import trainable
 from genunlearn.registry import register_method
@@ -105,7 +105,8 @@ def erase(model, task, cfg: AllButOneConfig) -> ErasureResult:
         raise GenUnlearnError(f"uncond_weight must be >= 0, got {cfg.uncond_weight}")
     alts, targets, alt_name = anchor_pairs(model, task, "all_but_one")
     teacher = model.frozen_copy()
-    _, z0, idx = images_for(model, targets, cfg.n_images)
+    data = generate_latents(model, targets, cfg.n_images)
+    z0, idx = data.latents, data.caption
     with torch.no_grad():
         emb_c = model.encode_prompt(targets)
         emb_a = model.encode_prompt(alts)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from genunlearn.core.concept_sets import images_for, retain_captions, target_captions
+from genunlearn.core.concept_sets import caption_sets, generate_latents
 from genunlearn.core.degrade import scramble_grid
 from genunlearn.core.finetune import finetune
 from genunlearn.core.params import trainable
@@ -78,8 +78,9 @@ def scrambled_targets(model, task, cfg: DegenerationTuningConfig, seed: int = 0)
     Returns:
         (captions, caption_idx [N], images [N,3,H,W], scrambled [N,3,H,W]).
     """
-    caps = target_captions(model, task)
-    images, _, idx = images_for(model, caps, cfg.n_concept_images)
+    caps = caption_sets(model, task)[0]
+    data = generate_latents(model, caps, cfg.n_concept_images)
+    images, idx = data.images, data.caption
     scrambled = scramble_grid(images, cfg.grid, torch.Generator().manual_seed(seed))
     return caps, idx, images, scrambled
 
@@ -118,10 +119,8 @@ def erase(model, task, cfg: DegenerationTuningConfig) -> ErasureResult:
         )
         emb = model.encode_prompt(caps)
     if cfg.prior_loss_weight:
-        caps_r = retain_captions(model, task)
-        _, z_r, idx_r = images_for(model, caps_r, cfg.n_prior_images)
-        with torch.no_grad():
-            emb_r = model.encode_prompt(caps_r)
+        remain = generate_latents(model, caption_sets(model, task)[2], cfg.n_prior_images)
+        z_r, idx_r, emb_r = remain.latents, remain.caption, remain.emb
     sched = model.scheduler
     params = trainable(model, cfg.parameter_group)
     b = cfg.batch_size

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from genunlearn.core.concept_sets import anchor_pairs, images_for
+from genunlearn.core.concept_sets import anchor_pairs, generate_latents
 from genunlearn.core.finetune import finetune
 from genunlearn.core.params import trainable
 from genunlearn.registry import register_method
@@ -177,7 +177,8 @@ def erase(model, task, cfg: DoCoConfig) -> ErasureResult:
     kind = world.kind_of(task.targets[0]) if world else None
     d_lr = cfg.d_lr if cfg.d_lr is not None else (5e-4 if kind == "style" else 1e-4)
     shadow = model.frozen_copy()
-    _, z0, idx = images_for(model, anchors, cfg.n_anchor_images)
+    data = generate_latents(model, anchors, cfg.n_anchor_images)
+    z0, idx = data.latents, data.caption
     with torch.no_grad():
         emb_t, emb_a = model.encode_prompt(targets), model.encode_prompt(anchors)
     sched = model.scheduler

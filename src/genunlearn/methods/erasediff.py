@@ -49,8 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from genunlearn.core.finetune import finetune
-from genunlearn.core.forget_sets import (
+from genunlearn.core.concept_sets import (
     caption_sets,
     denoising_loss,
     draw,
@@ -58,6 +57,7 @@ from genunlearn.core.forget_sets import (
     noised,
     recaption,
 )
+from genunlearn.core.finetune import finetune
 from genunlearn.core.params import trainable
 from genunlearn.registry import register_method
 from genunlearn.types import Capability, ErasureResult, GenUnlearnError

@@ -24,13 +24,21 @@ several targets are erased by drawing one target per iteration (as the newer "al
 ``batch_size`` > 1 averages the loss over several trajectories per step (the toy preset uses 4
 to cut variance on a CPU).
 
-On toy-sd the concept prompt is the world's in-distribution phrase (``World.prompt``: "a shape
-in striped style", "a star"): the bare words "striped style" move toy-sd's prediction ~20x less
-than the phrase, so ESD's target was nearly the model's own output and nothing was erased (UA 0%
-with the bare words). Measured with the ``toy`` preset (ESD-x, 200 steps, lr 1e-3, eta 1, seed 0,
-2 images per grid prompt): striped UA / IRA / CRA = 70 / 85 / 100%, star 56 / 79 / 94%. That is
-below the family bar (UA >= 90% with IRA/CRA >= 85%); the frontier search over steps, lr, eta and
-parameter sets (``bench/frontier.py``) is still to be done.
+On toy-sd the concept prompt matters most. The bare words ("striped style") move toy-sd's
+prediction ~20x less than an in-distribution prompt, so ESD's target was nearly the model's own
+output (UA 0%). The default prompt is the world's phrase (``World.prompt``: "a shape in striped
+style", "a star"); the ``toy`` preset goes further and draws each iteration's prompt from the
+world's full captions that contain the concept (``prompt="captions"``, e.g. "a red star in
+striped style"; the newer code also trains several prompts, one per iteration). Frontier on
+toy-sd (``bench/frontier.py``, ESD-x, 200 steps, batch 4, seed 0, striped + star, 2 images per
+grid prompt; UA / IRA / CRA %, mean of the two concepts):
+
+- phrase prompt, lr 1e-3: eta 1 63 / 82 / 97; eta 2 57 / 78 / 97; eta 4 81 / 57 / 95
+- captions, eta 1: lr 1e-4 **100 / 92 / 94** (the toy preset, ~160 s on one core);
+  lr 3e-4 100 / 60 / 57; lr 1e-3 100 / 56 / 17
+
+i.e. the toy world reproduces ESD's published erasure-versus-retention trade-off: past the
+frontier's knee, retention collapses while UA is already saturated.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from genunlearn.core.concept_sets import caption_sets
 from genunlearn.core.finetune import finetune
 from genunlearn.core.losses import negative_guidance_target
 from genunlearn.core.params import trainable
@@ -62,7 +71,10 @@ class ESDConfig:
         batch_size: trajectories per iteration.
         erase_from: anchor prompt a (None: the empty prompt).
         prompt: the concept prompt c (None: each target's in-distribution prompt from the model's
-            world, ``World.prompt``: "a shape in striped style", "a star"; free text as given).
+            world, ``World.prompt``: "a shape in striped style", "a star"; free text as given;
+            "captions": the world's full captions that contain the target, one drawn per
+            iteration, e.g. "a red star in striped style").
+        max_prompts: with ``prompt="captions"``, at most this many captions (evenly spread).
         progress: show a progress bar.
     """
 
@@ -75,6 +87,7 @@ class ESDConfig:
     batch_size: int = 1
     erase_from: str | None = None
     prompt: str | None = None
+    max_prompts: int = 40
     progress: bool = True
 
 
@@ -84,7 +97,13 @@ class ESDConfig:
     requires=(Capability.CROSS_ATTENTION, Capability.TRAINABLE_DENOISER),
     presets={
         "paper": {},
-        "toy": {"steps": 200, "lr": 1e-3, "ddim_steps": 25, "batch_size": 4},
+        "toy": {
+            "steps": 200,
+            "lr": 1e-4,
+            "ddim_steps": 25,
+            "batch_size": 4,
+            "prompt": "captions",
+        },
         "smoke": {"steps": 2, "lr": 1e-3, "ddim_steps": 3, "progress": False},
     },
     paper="https://arxiv.org/abs/2303.07345",
@@ -94,11 +113,12 @@ def erase(model, task, cfg: ESDConfig) -> ErasureResult:
     """Fine-tune the selected UNet weights towards the negatively guided teacher."""
     teacher = model.frozen_copy()
     world = getattr(model, "world", None)
-    texts = (
-        [cfg.prompt]
-        if cfg.prompt
-        else [world.prompt(t) if world and world.kind_of(t) else t for t in task.targets]
-    )
+    if cfg.prompt == "captions":
+        texts = caption_sets(model, task, cfg.max_prompts)[0]
+    elif cfg.prompt:
+        texts = [cfg.prompt]
+    else:
+        texts = [world.prompt(t) if world and world.kind_of(t) else t for t in task.targets]
     with torch.no_grad():
         emb_c = model.encode_prompt(texts)
         emb_a = model.encode_prompt([cfg.erase_from or ""])

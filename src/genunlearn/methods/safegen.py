@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from genunlearn.core.concept_sets import images_for, retain_captions, target_captions
+from genunlearn.core.concept_sets import caption_sets, generate_latents
 from genunlearn.core.degrade import mosaic
 from genunlearn.core.finetune import finetune
 from genunlearn.core.params import trainable
@@ -89,10 +89,10 @@ def triplets(model, task, cfg: SafeGenConfig):
     Returns:
         (z_c, z_m, z_b, emb_c, emb_b): latents [N, ...] and one conditioning per latent.
     """
-    caps_c = target_captions(model, task)
-    caps_b = retain_captions(model, task)
-    img_c, z_c, idx_c = images_for(model, caps_c, cfg.n_concept_images)
-    _, z_b, idx_b = images_for(model, caps_b, cfg.n_benign_images)
+    forget, _, remain = caption_sets(model, task)
+    concept = generate_latents(model, forget, cfg.n_concept_images)
+    benign = generate_latents(model, remain, cfg.n_benign_images)
+    img_c, z_c, z_b = concept.images, concept.latents, benign.latents
     with torch.no_grad():
         mos = mosaic(img_c, cfg.mosaic_block)
         z_m = torch.cat([model.encode_images(mos[i : i + 64]) for i in range(0, len(mos), 64)])
@@ -101,8 +101,8 @@ def triplets(model, task, cfg: SafeGenConfig):
             emb_c = empty.expand(len(z_c), -1, -1)
             emb_b = empty.expand(len(z_b), -1, -1)
         else:
-            emb_c = model.encode_prompt(caps_c)[idx_c]
-            emb_b = model.encode_prompt(caps_b)[idx_b]
+            emb_c = concept.emb[concept.caption]
+            emb_b = benign.emb[benign.caption]
     return z_c, z_m, z_b, emb_c, emb_b
 
 

@@ -46,8 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from genunlearn.core.finetune import finetune
-from genunlearn.core.forget_sets import (
+from genunlearn.core.concept_sets import (
     caption_sets,
     denoising_loss,
     draw,
@@ -55,6 +54,7 @@ from genunlearn.core.forget_sets import (
     noised,
     recaption,
 )
+from genunlearn.core.finetune import finetune
 from genunlearn.core.params import select_parameters, trainable
 from genunlearn.core.saliency import saliency_mask
 from genunlearn.registry import register_method

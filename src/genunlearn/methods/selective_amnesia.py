@@ -47,9 +47,9 @@ from dataclasses import dataclass
 import torch
 
 from genunlearn.core.cache import cache_dir
+from genunlearn.core.concept_sets import caption_sets, denoising_loss, draw, generate_latents
+from genunlearn.core.concept_sets import recaption as _recaption
 from genunlearn.core.finetune import finetune
-from genunlearn.core.forget_sets import caption_sets, denoising_loss, draw, generate_latents
-from genunlearn.core.forget_sets import recaption as _recaption
 from genunlearn.core.params import trainable
 from genunlearn.registry import register_method
 from genunlearn.types import Capability, ErasureResult

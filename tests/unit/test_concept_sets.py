@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from genunlearn.core.forget_sets import caption_sets, relabel_concept
+from genunlearn.core.concept_sets import caption_sets, relabel_concept
 from genunlearn.data.world import World
 from genunlearn.types import ErasureTask, GenUnlearnError
 
