@@ -8,7 +8,7 @@ of images where it does. Also prints the CLIP score of matching vs shuffled capt
 Usage::
 
     python bench/toy_clip.py                      # evaluate the committed toy-clip
-    python bench/toy_clip.py --train --out /tmp/toy-clip   # retrain (a few minutes on 2 cores)
+    python bench/toy_clip.py --train --out /tmp/toy-clip   # retrain (~20 min on 1 thread)
     python bench/toy_clip.py --train --out src/genunlearn/assets/toy-clip   # replace the asset
 """
 
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clip", default="toy-clip", help="toy-clip or a CLIP directory to evaluate")
     ap.add_argument("--n", type=int, default=1000, help="fresh images to rank")
     ap.add_argument("--toy-sd", action="store_true", help="also score toy-sd's grid samples")
+    ap.add_argument("--eval-every", type=int, default=0, help="print rank-1 while training")
     args = ap.parse_args(argv)
 
     import dataclasses
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.images:
             recipe = dataclasses.replace(recipe, n_images=args.images)
         t0 = time.perf_counter()
-        target = str(train_toy_clip(args.out or toy_clip_dir(), recipe))
+        target = str(train_toy_clip(args.out or toy_clip_dir(), recipe, eval_every=args.eval_every))
         print(f"trained {target} in {time.perf_counter() - t0:.0f}s "
               f"(torch threads: {torch.get_num_threads()})")  # fmt: skip
     clip = load_clip(target)

@@ -204,3 +204,50 @@ def test_browser_renders_the_report(results, tmp_path):
     assert shot.is_file()
     lo, hi = Image.open(shot).convert("L").getextrema()
     assert hi - lo > 50  # not a blank page
+
+
+BASELINES = {"no_attack", "seed_search", "random_tokens"}
+
+
+def test_smoke_benchmark_robustness_matrix_renders_in_the_browser(tiny_testbed, tmp_path):
+    """configs/bench/smoke.yaml (on the tiny testbed) has a real attack, and the report built
+    from its results shows the robustness matrix (methods x attacks) in a real browser."""
+    import pathlib
+
+    import yaml
+
+    import genunlearn as gu
+    from genunlearn.bench.results import read_rows
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium not installed")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((root / "configs" / "bench" / "smoke.yaml").read_text())
+    real = set(spec["attacks"]) - BASELINES
+    assert real, "the smoke benchmark must include one attack that is not a baseline"
+    spec["models"] = [str(tiny_testbed)]
+    spec["eval"] = {**spec["eval"], "fid": False}
+    out = tmp_path / "smoke"
+    results = gu.run_benchmark(spec, out, progress=False, report=True)
+    rows = read_rows(results)
+    assert rows and not [r for r in rows if r["status"] == "failed"]
+    asr = {(r["label"], r["attack"]) for r in rows if r["metric"] == "asr"}
+    methods = [m if isinstance(m, str) else m.get("label") or m["name"] for m in spec["methods"]]
+    assert asr == {(m, a) for m in methods for a in spec["attacks"]}
+    flags = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+    ]  # fmt: skip
+    dom = subprocess.run(
+        flags + ["--dump-dom", (out / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    robust = re.search(r'<table id="robustness">(.*?)</table>', dom, re.S)
+    assert robust, "the robustness matrix is missing from the rendered report"
+    head = re.search(r"<thead>(.*?)</thead>", robust.group(1), re.S).group(1)
+    assert [h for h in re.findall(r"<th>(.*?)</th>", head)] == ["method", *spec["attacks"]]
+    body = re.findall(r"<tr>(.*?)</tr>", robust.group(1).split("</thead>")[1], re.S)
+    assert [re.search(r"<td>(.*?)</td>", r).group(1) for r in body] == methods
+    assert all("(pre " in r for r in body)  # every cell shows ASR with its pre-ASR

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from genunlearn.core import adversary
+from genunlearn.core import attack_loop
 
 
 @pytest.fixture
@@ -16,7 +16,9 @@ def forced_judge(monkeypatch):
 
     def force(module, pre: bool = False, post: bool = False) -> list[int]:
         calls: list[int] = []
-        monkeypatch.setattr(adversary, "judge", lambda model, images, targets: [pre] * len(images))
+        monkeypatch.setattr(
+            attack_loop, "judge", lambda model, images, targets: [pre] * len(images)
+        )
 
         def judge(model, images, targets):
             calls.append(len(images))

@@ -8,6 +8,7 @@ import torch
 import genunlearn as gu
 from genunlearn.attacks import pund
 from genunlearn.core import adversary as adv
+from genunlearn.core import attack_loop as loop
 
 
 def test_without_word():
@@ -32,7 +33,7 @@ def test_search_updates_only_a_surrogate_cross_attention(tiny_model):
 def test_transfer_never_queries_the_victim_while_searching(tiny_model, forced_judge):
     victim = tiny_model.copy()
     forced_judge(pund, pre=False, post=False)
-    with adv.count_calls(victim.denoiser) as calls:
+    with loop.count_calls(victim.denoiser) as calls:
         res = gu.attack(victim, "pund", "star", preset="smoke", n_prompts=3, original=tiny_model)
     # only the judged generations: one unmodified and one attacked image per prompt
     assert calls[0] == 2 * 3 * victim.sampling["steps"]

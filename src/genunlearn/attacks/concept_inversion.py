@@ -38,6 +38,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from genunlearn.core import adversary as adv
+from genunlearn.core import attack_loop as loop
 from genunlearn.core.cache import cached_sample
 from genunlearn.core.judge import attack_prompts, judge
 from genunlearn.registry import register_attack
@@ -59,6 +60,8 @@ class ConceptInversionConfig:
         init_word: word whose embedding initialises s* (None: the concept's kind, e.g. "style").
         seed: evaluation seed of prompt 0 (prompt i uses seed + i) and training randomness.
         progress: show a progress bar.
+        prompts_csv: an UnlearnDiffAtk-style attack set (prompt, seed, guidance, optional target
+            image) to attack instead of the world's captions (``core.attack_loop.prompt_cases``).
     """
 
     n_prompts: int = 20
@@ -71,6 +74,7 @@ class ConceptInversionConfig:
     init_word: str | None = None
     seed: int = 0
     progress: bool = True
+    prompts_csv: str | None = None
 
 
 def with_word(prompt: str, target: str, word: str) -> str:
@@ -145,22 +149,24 @@ def attack(model, task, cfg: ConceptInversionConfig, original=None):
             "concept_inversion inverts one concept of the model's world at a time"
         )
     target = task.targets[0]
-    original = adv.original_model(model, original)
-    avoid = attack_prompts(model, task.targets, 10**6) + [
+    original = loop.original_model(model, original)
+    avoid = [c.prompt for c in loop.prompt_cases(model, task, cfg)]
+    avoid += attack_prompts(model, task.targets, 10**6) + [
         model.inference.get("negative_prompt", "")
     ]
     carrier = adv.carrier_token(model, avoid)
     state: dict = {}
 
-    def attack_one(i: int, prompt: str):
+    def attack_one(i: int, case):
+        prompt = case.prompt
         if "emb" not in state:  # invert lazily: nothing to do if every prompt already succeeds
             state["emb"], state["losses"] = invert(model, original, target, cfg, carrier)
         with adv.soft_tokens(model, {carrier[0]: state["emb"]}):
-            image = model.sample([with_word(prompt, target, carrier[1])], n=1, seed=cfg.seed + i)
+            image = loop.render(model, with_word(prompt, target, carrier[1]), case)
         shown = with_word(prompt, target, "<s*>")
         return shown, image[0], judge(model, image, task.targets)[0]
 
-    res = adv.per_prompt_attack(
+    res = loop.per_prompt_attack(
         "concept_inversion", model, task, cfg, attack_one, others=(original,)
     )
     if "emb" in state:

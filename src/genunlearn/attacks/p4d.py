@@ -40,7 +40,7 @@ import torch
 from torch.nn import functional as F
 
 from genunlearn.core import adversary as adv
-from genunlearn.core.cache import cached_sample
+from genunlearn.core import attack_loop as loop
 from genunlearn.core.judge import judge
 from genunlearn.registry import register_attack
 from genunlearn.types import Capability, GenUnlearnError
@@ -61,6 +61,8 @@ class P4DConfig:
         eval_every: steps between generations that pick the best prompt.
         seed: evaluation seed of prompt 0 (prompt i uses seed + i) and attack randomness.
         progress: show a progress bar.
+        prompts_csv: an UnlearnDiffAtk-style attack set (prompt, seed, guidance, target image) to
+            attack instead of the world's captions (``core.attack_loop.prompt_cases``).
     """
 
     n_prompts: int = 20
@@ -73,6 +75,7 @@ class P4DConfig:
     eval_every: int = 50
     seed: int = 0
     progress: bool = True
+    prompts_csv: str | None = None
 
 
 def layout(body: list[int], cfg: P4DConfig) -> list[int | None]:
@@ -115,14 +118,15 @@ def attack(model, task, cfg: P4DConfig, original=None):
     """Teacher-student prompt optimisation with nearest-token projection, per failing prompt."""
     if cfg.variant not in ("n", "k"):
         raise GenUnlearnError(f"variant must be 'n' or 'k', got {cfg.variant!r}")
-    original = adv.original_model(model, original)
+    original = loop.original_model(model, original)
     cand = adv.word_tokens(model)
     table = adv.token_table(model)
     n_train = model.scheduler.config.num_train_timesteps
 
-    def attack_one(i: int, prompt: str):
+    def attack_one(i: int, case):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
-        target = cached_sample(original, [prompt], n=1, seed=cfg.seed + i)
+        prompt = case.prompt
+        target = loop.target_image(original, case)
         z0 = adv.to_latents(model, target)
         with torch.no_grad():
             teacher_cond = original.encode_prompt([prompt])
@@ -150,7 +154,7 @@ def attack(model, task, cfg: P4DConfig, original=None):
             if step % cfg.eval_every == 0 or step == cfg.iterations - 1:
                 it = iter(proj_ids.tolist())
                 text = adv.decode(model, [s if s is not None else next(it) for s in slots])
-                image = model.sample([text], n=1, seed=cfg.seed + i)
+                image = loop.render(model, text, case)
                 with torch.no_grad():
                     sim = float(F.cosine_similarity(model.evaluator.features(image), goal_feat))
                 if sim > best[0]:
@@ -158,6 +162,7 @@ def attack(model, task, cfg: P4DConfig, original=None):
         _, text, image = best
         return text, image[0], judge(model, image, task.targets)[0]
 
-    return adv.per_prompt_attack(
-        "p4d", model, task, cfg, attack_one, others=(original,), progress=cfg.progress
-    )
+    return loop.per_prompt_attack(
+        "p4d", model, task, cfg, attack_one, others=(original,), progress=cfg.progress,
+        need_images=True,
+    )  # fmt: skip

@@ -39,6 +39,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from genunlearn.core import adversary as adv
+from genunlearn.core import attack_loop as loop
 from genunlearn.core.cache import cached_sample
 from genunlearn.core.judge import attack_prompts, judge
 from genunlearn.registry import register_attack
@@ -61,6 +62,8 @@ class PUNDConfig:
         surrogate_lr: Adam learning rate of the surrogate's cross-attention.
         seed: evaluation seed of prompt 0 (prompt i uses seed + i) and training randomness.
         progress: show a progress bar.
+        prompts_csv: an UnlearnDiffAtk-style attack set (prompt, seed, guidance, optional target
+            image) to attack instead of the world's captions (``core.attack_loop.prompt_cases``).
     """
 
     n_prompts: int = 20
@@ -74,6 +77,7 @@ class PUNDConfig:
     surrogate_lr: float = 1e-5
     seed: int = 0
     progress: bool = True
+    prompts_csv: str | None = None
 
 
 def without_word(prompt: str, word: str) -> str:
@@ -167,23 +171,25 @@ def attack(model, task, cfg: PUNDConfig, original=None):
     if len(task.targets) != 1 or model.world.kind_of(task.targets[0]) is None:
         raise GenUnlearnError("pund searches one concept of the model's world at a time")
     target = task.targets[0]
-    original = adv.original_model(model, original)
-    avoid = attack_prompts(model, task.targets, 10**6) + [
+    original = loop.original_model(model, original)
+    avoid = [c.prompt for c in loop.prompt_cases(model, task, cfg)]
+    avoid += attack_prompts(model, task.targets, 10**6) + [
         model.inference.get("negative_prompt", "")
     ]
     carrier = adv.carrier_token(model, avoid)
     state: dict = {}
 
-    def attack_one(i: int, prompt: str):
+    def attack_one(i: int, case):
+        prompt = case.prompt
         if "emb" not in state:  # search lazily: nothing to do if every prompt already succeeds
             state["emb"], state["surrogate_changed"] = search(original, target, cfg, carrier)
         text = f"{without_word(prompt, target)} {carrier[1]}"
         with adv.soft_tokens(model, {carrier[0]: state["emb"]}):
-            image = model.sample([text], n=1, seed=cfg.seed + i)
+            image = loop.render(model, text, case)
         shown = f"{without_word(prompt, target)} <s*>"
         return shown, image[0], judge(model, image, task.targets)[0]
 
-    res = adv.per_prompt_attack("pund", model, task, cfg, attack_one, progress=False)
+    res = loop.per_prompt_attack("pund", model, task, cfg, attack_one, progress=False)
     if "emb" in state:
         res.artifact = {"kind": "soft_token", "embedding": state["emb"], "position": "suffix"}
     return res

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from genunlearn.core import adversary as adv
+from genunlearn.core import attack_loop as loop
 from genunlearn.core.judge import judge
 from genunlearn.registry import register_attack
 from genunlearn.types import Capability, GenUnlearnError
@@ -29,13 +30,15 @@ from genunlearn.types import Capability, GenUnlearnError
 @dataclass(frozen=True)
 class RandomTokensConfig:
     """Args: n_prompts attack prompts; k random tokens; position "prefix" or "suffix"; n_tries
-    random draws per failing prompt; seed (prompt i is judged at seed + i)."""
+    random draws per failing prompt; seed (prompt i is judged at seed + i); prompts_csv: an
+    UnlearnDiffAtk-style attack set instead of the world's captions."""
 
     n_prompts: int = 20
     k: int = 3
     position: str = "prefix"
     n_tries: int = 50
     seed: int = 0
+    prompts_csv: str | None = None
 
 
 @register_attack(
@@ -53,17 +56,17 @@ def attack(model, task, cfg: RandomTokensConfig, original=None):
         raise GenUnlearnError("k and n_tries must be >= 1")
     cand = adv.word_tokens(model)
 
-    def attack_one(i: int, prompt: str):
+    def attack_one(i: int, case):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
-        body = adv.text_ids(model, prompt)
+        body = adv.text_ids(model, case.prompt)
         for _ in range(cfg.n_tries):
             tokens = cand[torch.randint(len(cand), (cfg.k,), generator=g)].tolist()
             ids = tokens + body if cfg.position == "prefix" else body + tokens
             adv.pack_ids(model, ids)  # a clear error if the prompt no longer fits
             text = adv.decode(model, ids)
-            image = model.sample([text], n=1, seed=cfg.seed + i)
+            image = loop.render(model, text, case)
             if judge(model, image, task.targets)[0]:
                 return text, image[0], True
         return text, image[0], False
 
-    return adv.per_prompt_attack("random_tokens", model, task, cfg, attack_one)
+    return loop.per_prompt_attack("random_tokens", model, task, cfg, attack_one)

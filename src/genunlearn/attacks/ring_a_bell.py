@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from genunlearn.core import adversary as adv
+from genunlearn.core import attack_loop as loop
 from genunlearn.core.judge import judge
 from genunlearn.registry import register_attack
 from genunlearn.types import Capability, GenUnlearnError
@@ -50,6 +51,8 @@ class RingABellConfig:
         mutation: one-token mutation probability.
         seed: evaluation seed of prompt 0 (prompt i uses seed + i) and search randomness.
         progress: show a progress bar.
+        prompts_csv: an UnlearnDiffAtk-style attack set (prompt, seed, guidance, optional target
+            image) to attack instead of the world's captions (``core.attack_loop.prompt_cases``).
     """
 
     n_prompts: int = 20
@@ -61,6 +64,7 @@ class RingABellConfig:
     mutation: float = 0.25
     seed: int = 0
     progress: bool = True
+    prompts_csv: str | None = None
 
 
 def concept_pairs(world, target: str) -> list[tuple[str, str]]:
@@ -99,7 +103,7 @@ def attack(model, task, cfg: RingABellConfig, original=None):
     """Genetic search per failing prompt towards E(prompt) + eta * concept vector."""
     if cfg.population < 2 or cfg.k_tokens < 1:
         raise GenUnlearnError("population must be >= 2 and k_tokens >= 1")
-    original = adv.original_model(model, original)
+    original = loop.original_model(model, original)
     if Capability.TEXT_ENCODER not in original.capabilities:
         raise GenUnlearnError("ring_a_bell needs the original model's text_encoder")
     pairs = [p for t in task.targets for p in concept_pairs(model.world, t)]
@@ -108,9 +112,9 @@ def attack(model, task, cfg: RingABellConfig, original=None):
     adv.pack_ids(original, [0] * cfg.k_tokens)  # a clear error if K does not fit
 
     @torch.no_grad()
-    def attack_one(i: int, prompt: str):
+    def attack_one(i: int, case):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
-        goal = original.encode_prompt([prompt])[0] + cfg.eta * c
+        goal = original.encode_prompt([case.prompt])[0] + cfg.eta * c
 
         def fitness(pop: torch.Tensor) -> torch.Tensor:
             ids = adv.pack_ids(original, pop)
@@ -121,7 +125,9 @@ def attack(model, task, cfg: RingABellConfig, original=None):
             fitness, init, cand, cfg.generations, g, cfg.crossover, cfg.mutation
         )
         text = adv.decode(original, best)
-        image = model.sample([text], n=1, seed=cfg.seed + i)
+        image = loop.render(model, text, case)
         return text, image[0], judge(model, image, task.targets)[0]
 
-    return adv.per_prompt_attack("ring_a_bell", model, task, cfg, attack_one, progress=cfg.progress)
+    return loop.per_prompt_attack(
+        "ring_a_bell", model, task, cfg, attack_one, progress=cfg.progress
+    )

@@ -41,7 +41,7 @@ import torch
 from torch.nn import functional as F
 
 from genunlearn.core import adversary as adv
-from genunlearn.core.cache import cached_sample
+from genunlearn.core import attack_loop as loop
 from genunlearn.core.judge import judge
 from genunlearn.registry import register_attack
 from genunlearn.types import Capability, GenUnlearnError
@@ -63,6 +63,8 @@ class UnlearnDiffAtkConfig:
         loss: "mse" or "l1".
         seed: evaluation seed of prompt 0 (prompt i uses seed + i) and attack randomness.
         progress: show a progress bar.
+        prompts_csv: an UnlearnDiffAtk-style attack set (prompt, seed, guidance, target image) to
+            attack instead of the world's captions (``core.attack_loop.prompt_cases``).
     """
 
     n_prompts: int = 20
@@ -76,6 +78,7 @@ class UnlearnDiffAtkConfig:
     loss: str = "mse"
     seed: int = 0
     progress: bool = True
+    prompts_csv: str | None = None
 
 
 def block_timesteps(n_train: int, n_blocks: int) -> list[int]:
@@ -109,17 +112,16 @@ def _check(cfg: UnlearnDiffAtkConfig) -> None:
 def attack(model, task, cfg: UnlearnDiffAtkConfig, original=None):
     """Optimise k token distributions per failing prompt on the erased model's denoising loss."""
     _check(cfg)
-    original = adv.original_model(model, original)
+    original = loop.original_model(model, original)
     cand = adv.word_tokens(model)
     vocab = adv.token_table(model)[cand]  # [C, D]
     blocks = block_timesteps(model.scheduler.config.num_train_timesteps, cfg.t_blocks)
     loss_fn = F.mse_loss if cfg.loss == "mse" else F.l1_loss
 
-    def attack_one(i: int, prompt: str):
+    def attack_one(i: int, case):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
-        target = cached_sample(original, [prompt], n=1, seed=cfg.seed + i)
-        z0 = adv.to_latents(model, target)
-        body = adv.text_ids(model, prompt)
+        z0 = adv.to_latents(model, loop.target_image(original, case))
+        body = adv.text_ids(model, case.prompt)
         init = torch.rand(cfg.k, len(cand), generator=g) if cfg.rand_init else None
         probs = adv.project_simplex(init if init is not None else torch.ones(cfg.k, len(cand)))
         probs.requires_grad_(True)
@@ -141,11 +143,12 @@ def attack(model, task, cfg: UnlearnDiffAtkConfig, original=None):
                     probs.copy_(adv.project_simplex(probs))
             tokens = cand[probs.detach().argmax(-1)].tolist()
             text = adv.decode(model, tokens + body if cfg.position == "prefix" else body + tokens)
-            image = model.sample([text], n=1, seed=cfg.seed + i)
+            image = loop.render(model, text, case)
             if judge(model, image, task.targets)[0]:
                 return text, image[0], True  # stop at the first success
         return text, image[0], False
 
-    return adv.per_prompt_attack(
-        "unlearndiffatk", model, task, cfg, attack_one, others=(original,), progress=cfg.progress
-    )
+    return loop.per_prompt_attack(
+        "unlearndiffatk", model, task, cfg, attack_one, others=(original,), progress=cfg.progress,
+        need_images=True,
+    )  # fmt: skip

@@ -22,6 +22,25 @@ def add_arguments(p) -> None:
     tr.add_argument("--vae-steps", type=int, default=None)
     tr.add_argument("--unet-steps", type=int, default=None)
     tr.add_argument("--background", action="store_true", help="detach; log to OUT/train.log")
+    wm = sub.add_parser(
+        "watermark", help="fine-tune toy-sd on ToyCanvas with implicit watermarks into a new DIR"
+    )
+    wm.add_argument("--out", required=True, help="new output directory (the pipeline)")
+    wm.add_argument("--p", type=float, default=None, help="fraction of watermarked images")
+    wm.add_argument("--seed", type=int, default=None)
+    wm.add_argument("--steps", type=int, default=None, help="UNet fine-tuning steps")
+    wm.add_argument("--images", type=int, default=None, help="ToyCanvas images to render")
+    wm.add_argument("--base", default="toy-sd", help="ToyCanvas pipeline to start from")
+    mem = sub.add_parser(
+        "memorize", help="fine-tune toy-sd to memorize K duplicated captioned images into a new DIR"
+    )
+    mem.add_argument("--out", required=True, help="new output directory (the pipeline)")
+    mem.add_argument(
+        "--k", type=int, default=None, help="number of memorized (caption, image) pairs"
+    )
+    mem.add_argument("--seed", type=int, default=None)
+    mem.add_argument("--steps", type=int, default=None, help="fine-tuning steps")
+    mem.add_argument("--base", default="toy-sd", help="ToyCanvas pipeline to start from")
 
 
 def run(args) -> int:
@@ -34,6 +53,26 @@ def run(args) -> int:
     from genunlearn.models.toy import TrainRecipe, train_testbed
 
     out = Path(args.out)
+    if args.action == "watermark":
+        from genunlearn.models.toy_watermark import WatermarkRecipe, train_watermark_variant
+
+        changes = {"p": args.p, "seed": args.seed, "steps": args.steps, "n_images": args.images}
+        recipe = dataclasses.replace(
+            WatermarkRecipe(), **{k: v for k, v in changes.items() if v is not None}
+        )
+        path = train_watermark_variant(out, recipe, base=args.base, progress=not args.quiet)
+        print(f"pipeline: {path}  (load it with genunlearn.load_model({str(path)!r}))")
+        return 0
+    if args.action == "memorize":
+        from genunlearn.models.toy_variants import MemorizeRecipe, train_memorizing
+
+        changes = {"k": args.k, "seed": args.seed, "steps": args.steps}
+        recipe = dataclasses.replace(
+            MemorizeRecipe(), **{k: v for k, v in changes.items() if v is not None}
+        )
+        path = train_memorizing(out, base=args.base, recipe=recipe, progress=not args.quiet)
+        print(f"pipeline: {path}  (load it with genunlearn.load_model({str(path)!r}))")
+        return 0
     if args.background:
         out.mkdir(parents=True, exist_ok=True)
         argv = [a for a in sys.argv[1:] if a != "--background"]

@@ -9,22 +9,20 @@
   used by :func:`encode_embeds` (optimisation) and :func:`soft_tokens` (sampling with carrier
   tokens whose embedding is replaced);
 - :func:`effective_noise`: the attacked model's prediction including a negative-prompt defence;
-- :func:`genetic_search` (Ring-A-Bell); :func:`per_prompt_attack` (UnlearnDiffAtk's bookkeeping).
+- :func:`genetic_search` (Ring-A-Bell). The per-prompt attack loop and its bookkeeping live in
+  :mod:`genunlearn.core.attack_loop`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from functools import lru_cache
 
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
-from genunlearn.core.judge import attack_prompts, judge, sample_per_prompt
-from genunlearn.types import AttackResult, GenUnlearnError
+from genunlearn.types import GenUnlearnError
 
 
 @lru_cache(maxsize=8)
@@ -250,49 +248,3 @@ def genetic_search(
                 children.append(child)
         pop = torch.cat([keep, torch.stack(children)[: size - len(keep)]]) if children else keep
     return pop[order[0]].clone(), history
-
-
-@contextlib.contextmanager
-def count_calls(*modules: torch.nn.Module):
-    """Counts forward calls of ``modules`` (denoiser passes); yields a one-element list."""
-    n = [0]
-    hs = [m.register_forward_pre_hook(lambda *_: n.__setitem__(0, n[0] + 1)) for m in modules]
-    try:
-        yield n
-    finally:
-        for h in hs:
-            h.remove()
-
-
-def original_model(model, original=None):
-    """The unerased model: ``original`` if given, else the base model reloaded by id and hash."""
-    if original is not None:
-        return original
-    from genunlearn.models import load_model
-
-    base = load_model(model.model_id)
-    if base.base_hash != model.base_hash:
-        raise GenUnlearnError(f"this attack needs the original of {model.model_id}: pass original=")
-    return base
-
-
-def per_prompt_attack(
-    name: str, model, task, cfg, attack_one, others=(), progress: bool = False
-) -> AttackResult:
-    """UnlearnDiffAtk's protocol: judge every prompt as is, attack only those that fail.
-
-    ``attack_one(i, prompt) -> (adversarial prompt, image [3, H, W], success)``; prompt ``i`` is
-    judged at seed ``cfg.seed + i`` before and after. Counts denoiser passes of model + others.
-    """
-    t0 = time.time()
-    prompts = attack_prompts(model, task.targets, cfg.n_prompts)
-    nets = {id(m.denoiser): m.denoiser for m in (model, *others)}
-    with count_calls(*nets.values()) as calls:
-        images = sample_per_prompt(model, prompts, cfg.seed)
-        pre = judge(model, images, task.targets)
-        adv, ok = list(prompts), list(pre)
-        for i, p in enumerate(tqdm(prompts, desc=name, disable=not progress, leave=False)):
-            if not pre[i]:
-                adv[i], images[i], ok[i] = attack_one(i, p)
-    cost = {"denoiser_calls": calls[0], "seconds": time.time() - t0}
-    return AttackResult(name, ", ".join(task.targets), prompts, adv, pre, ok, images, cost)

@@ -14,7 +14,8 @@ genunlearn ships no third-party prompt sets; it reads the standard files a user 
   in the reference loader) and a target image per row: an ``image`` / ``image_path`` /
   ``target_image`` column (relative to the CSV's folder), or the reference layout
   ``<dir>/prompts.csv`` + ``<dir>/imgs/<case_number>_0.png``. A directory may be given instead of
-  the CSV.
+  the CSV. Every attack takes such a file as ``prompts_csv`` (``core.attack_loop.prompt_cases``);
+  attacks that optimise towards a target image (UnlearnDiffAtk, P4D) require the image column.
 
 Every reader checks the header first (missing columns -> one error naming all of them and the file)
 and every referenced image (a missing file -> an error with its path). :func:`generate` renders the
@@ -44,7 +45,7 @@ class PromptRow:
     Attributes:
         prompt: the text.
         seed: the row's evaluation seed (image ``k`` of the row uses ``seed + k``).
-        guidance: the row's classifier-free guidance scale.
+        guidance: the row's classifier-free guidance scale (None: the model's default).
         categories: I2P categories (empty for other formats).
         case: ``case_number`` when the file has one, else the row's position.
         image: target image path (attack sets only).
@@ -53,7 +54,7 @@ class PromptRow:
 
     prompt: str
     seed: int
-    guidance: float = DEFAULT_GUIDANCE
+    guidance: float | None = DEFAULT_GUIDANCE
     categories: tuple[str, ...] = ()
     case: int = 0
     image: Path | None = None
@@ -181,15 +182,19 @@ def read_coco(path: str | Path, limit: int | None = None) -> list[PromptRow]:
     return out
 
 
-def read_attack_csv(path: str | Path, limit: int | None = None) -> list[PromptRow]:
+def read_attack_csv(
+    path: str | Path, limit: int | None = None, require_images: bool = True
+) -> list[PromptRow]:
     """Read an UnlearnDiffAtk-style attack set: prompt, seed, guidance and a target image per row.
 
     Args:
         path: the CSV, or a dataset directory holding ``prompts.csv`` (and ``imgs/``).
         limit: keep at most this many rows, in file order.
+        require_images: every row must name a target image (attacks that optimise towards one);
+            when False, rows without an image column (or without ``imgs/``) get ``image=None``.
 
     Returns:
-        The rows, each with :attr:`PromptRow.image` set to an existing file.
+        The rows, each with :attr:`PromptRow.image` set to an existing file (or None, see above).
 
     Raises:
         GenUnlearnError: missing columns (all named) or a target image that does not exist (its
@@ -201,8 +206,10 @@ def read_attack_csv(path: str | Path, limit: int | None = None) -> list[PromptRo
     p, header, raw = _read(src)
     image_col = next((c for c in IMAGE_COLUMNS if c in header), None)
     groups = [("prompt",), ("evaluation_seed", "seed")]
-    if image_col is None:
+    if image_col is None and require_images:
         groups.append((*IMAGE_COLUMNS, "case_number"))
+    # without an image column, the reference layout <dir>/imgs/<case>_0.png is used if present
+    layout = image_col is None and (require_images or (p.parent / "imgs").is_dir())
     cols = _require(p, header, groups, "an UnlearnDiffAtk attack")
     seed_col = cols[1]
     g_col = next((c for c in ("evaluation_guidance", "guidance") if c in header), None)
@@ -210,12 +217,17 @@ def read_attack_csv(path: str | Path, limit: int | None = None) -> list[PromptRo
     out = []
     for i, r in enumerate(raw[:limit] if limit is not None else raw):
         case = _case(p, i, r)
-        if image_col is not None:
+        img: Path | None = None
+        if image_col is not None and r[image_col]:
             img = Path(r[image_col]).expanduser()
             img = img if img.is_absolute() else p.parent / img
-        else:
+        elif layout:
             img = p.parent / "imgs" / f"{case}_0.png"
-        if not img.is_file():
+        if img is None and require_images:
+            raise GenUnlearnError(
+                f"{p} row {i + 2}: no target image (column {image_col!r} is empty)"
+            )
+        if img is not None and not img.is_file():
             raise GenUnlearnError(f"{p} row {i + 2}: target image {img} does not exist")
         out.append(
             PromptRow(

@@ -39,6 +39,10 @@ Measured on toy-sd (toy preset, seed 0, 2 images per prompt): star UA/IRA/CRA 10
 24 s; striped 100/94/100% in 19 s. Ten concepts at once (star, heart, circle, moon, arrow,
 striped, dotted, wavy, noisy, checkered) in 150 s: UA 75% (an image counts as not erased if any
 target is recognised), retain accuracy on the rest 90% (object/style) and 100% (colour).
+With 50 LoRA steps, 4 styles + 4 objects (configs/bench/closed_form.yaml, seed 0) gave
+89.8/97.8/98.9, the misses being circle (UA 50%) and square (69%); 100 steps (the toy preset
+now) raised them to 69% and 81% with IRA/CRA 99-100/97-98 (circle, square only; the full grid
+at 100 steps is still to be run). 32 images instead of 16 did not help (69%, 69%).
 """
 
 from __future__ import annotations
@@ -223,7 +227,7 @@ def _check(model, task, cfg) -> str | None:
     presets={
         "paper": {},
         "toy": dict(
-            steps=50,
+            steps=100,
             lr=1e-2,
             batch_size=4,
             n_images=16,

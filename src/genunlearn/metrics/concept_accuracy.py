@@ -11,6 +11,10 @@ classifier of its world. For a target concept of kind k (style or object; ToyCan
   ``cra_<head>``). UnlearnCanvas' release script leaves open whether CRA uses all images or those
   without the target; we use those without it, so that CRA measures retention only.
 
+Images that an output filter blocked (e.g. Espresso's; ``models/filtered.py``) count as showing no
+concept: erased for UA, wrong for IRA / CRA; ``filtered_target`` / ``filtered_retain`` report the
+blocked share of each split for such models.
+
 Prompts are the world's evaluation grid (ToyCanvas: every object x style pair once, colours
 cycling), ``n_per_prompt`` images each at seeds ``seed .. seed+n-1``. ``fid`` / ``kid`` are the
 feature FID / KID of the retain images against real world images of the same labels.
@@ -66,8 +70,22 @@ def generate_and_label(model, label_sets, cfg):
         prompts, n=cfg.n_per_prompt, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed
     )
     preds = model.evaluator.predict(images)
+    blocked = getattr(model, "last_blocked", None)
+    if blocked is not None:  # an output filter blocked these: they show no concept at all
+        from genunlearn.models.filtered import BLOCKED
+
+        flags = blocked.tolist()
+        preds = {h: [BLOCKED if b else p for p, b in zip(v, flags, strict=True)]
+                 for h, v in preds.items()}  # fmt: skip
     labels = [lab for lab in label_sets for _ in range(cfg.n_per_prompt)]
     return images, preds, labels
+
+
+def _blocked_share(preds) -> float:
+    from genunlearn.models.filtered import BLOCKED
+
+    first = next(iter(preds.values()))
+    return sum(p == BLOCKED for p in first) / max(1, len(first))
 
 
 def _acc(preds, labels, head) -> float:
@@ -130,6 +148,9 @@ def unlearncanvas(model, task, cfg: UnlearnCanvasConfig) -> dict[str, float]:
         f_real = features(model.evaluator.features, real)
         out["fid"] = frechet_distance(f_gen, f_real)
         out["kid"] = kernel_distance(f_gen, f_real)
+    if getattr(model, "output_filters", None):  # filtered models: how much each split lost
+        out["filtered_target"] = _blocked_share(p_t)
+        out["filtered_retain"] = _blocked_share(p_r)
     out["n_target_images"] = len(l_t)
     out["n_retain_images"] = len(l_r)
     return out

@@ -190,8 +190,13 @@ def attach(model, addon: AddOn, fixed: float | None = None) -> None:
             ``prompts`` (erased prompts, for facilitated transport), ``rank``, ``alpha``.
         fixed: a fixed multiplier (training), or None for facilitated transport.
     """
+    if addon.kind == "espresso":  # an output filter, not a UNet adapter (models/filtered.py)
+        from genunlearn.models import filtered
+
+        filtered.attach(model, addon)
+        return
     if addon.kind != "spm":
-        raise GenUnlearnError(f"unknown add-on kind {addon.kind!r}; supported: spm")
+        raise GenUnlearnError(f"unknown add-on kind {addon.kind!r}; supported: spm, espresso")
     modules = transformer_modules(model.denoiser)
     names = {k.rsplit(".", 1)[0] for k in addon.tensors}
     missing = sorted(names - set(modules))

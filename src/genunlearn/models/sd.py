@@ -94,6 +94,10 @@ class SDAdapter:
         self.evaluator_dir = evaluator_dir
         self.sampling = {"steps": 50, "guidance": 7.5, **(sampling or {})}
         self.inference: dict[str, Any] = {}
+        # inference-time image filters (models/filtered.py) and which images the last sample()
+        # call blocked (None without filters)
+        self.output_filters: list = []
+        self.last_blocked: torch.Tensor | None = None
         caps = {Capability.CROSS_ATTENTION, Capability.TRAINABLE_DENOISER}
         caps |= {Capability.TEXT_ENCODER, Capability.LATENT_VAE}
         if evaluator_dir is not None:
@@ -244,7 +248,8 @@ class SDAdapter:
 
         Images are ordered prompt-major (all images of prompt 0 first). ``negative_prompt``
         defaults to the adapter's inference state (set by e.g. the ``negative_prompt`` method),
-        else the empty prompt.
+        else the empty prompt. Output filters installed on the adapter (e.g. Espresso's) then
+        replace blocked images by black ones and record them in ``last_blocked``.
         """
         from tqdm.auto import tqdm
 
@@ -268,13 +273,20 @@ class SDAdapter:
             sched = copy.deepcopy(self.pipe.scheduler)
             sched.set_timesteps(steps)
             lat = noise[s : s + len(idx)] * sched.init_noise_sigma
-            for t in sched.timesteps:
-                x = sched.scale_model_input(torch.cat([lat, lat]), t)
-                e_u, e_c = self.predict_noise(x, t, torch.cat([uncond, cond])).chunk(2)
-                lat = sched.step(e_u + guidance * (e_c - e_u), t, lat).prev_sample
+            with self._attention_wrapper([uniq[i] for i in idx]):
+                for t in sched.timesteps:
+                    x = sched.scale_model_input(torch.cat([lat, lat]), t)
+                    e_u, e_c = self.predict_noise(x, t, torch.cat([uncond, cond])).chunk(2)
+                    lat = sched.step(e_u + guidance * (e_c - e_u), t, lat).prev_sample
             out.append(self.decode(lat))
         # a normal tensor (not an inference tensor), so that callers may use it in autograd
-        return torch.cat(out).clone()
+        images = torch.cat(out).clone()
+        self.last_blocked = None
+        if self.output_filters:
+            from genunlearn.models.filtered import apply_filters
+
+            images, self.last_blocked = apply_filters(self.output_filters, images)
+        return images
 
     # ----------------------------------------------------------------- copies and deltas
     def _clone(self, frozen: bool) -> SDAdapter:
@@ -287,6 +299,7 @@ class SDAdapter:
             pipe, self.model_id, self._hash, self.world, self.evaluator_dir, dict(self.sampling)
         )
         new.inference = copy.deepcopy(self.inference)
+        new.output_filters = list(self.output_filters)  # filters are read-only: share them
         new._evaluator = self._evaluator
         if frozen:
             for m in (pipe.unet, pipe.text_encoder):
@@ -325,10 +338,25 @@ class SDAdapter:
                 params[n].copy_(v.to(params[n].dtype))
 
     def apply_inference(self, state: dict[str, Any]) -> None:
-        """Install inference-time wrapper state (today: ``negative_prompt``)."""
-        unknown = set(state) - {"negative_prompt"}
+        """Install inference-time wrapper state (``negative_prompt``, ``memattn``)."""
+        unknown = set(state) - {"negative_prompt", "memattn"}
         if unknown:
             raise GenUnlearnError(
-                f"unknown inference state {sorted(unknown)}; supported: negative_prompt"
+                f"unknown inference state {sorted(unknown)}; supported: negative_prompt, memattn"
             )
         self.inference.update(state)
+
+    def _attention_wrapper(self, prompts: list[str]):
+        """Attention processors of the inference state for one CFG sampling loop (or none).
+
+        ``memattn`` (``{"c1", "mask", "mask_eos"}``) installs MemAttn's processors
+        (models/mem_attention.py); ``prompts`` are the conditional prompts of the batch rows.
+        """
+        state = self.inference.get("memattn")
+        if not state:
+            import contextlib
+
+            return contextlib.nullcontext()
+        from genunlearn.models.mem_attention import memattn_attention
+
+        return memattn_attention(self, prompts, **state)

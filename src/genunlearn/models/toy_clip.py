@@ -2,20 +2,25 @@
 
 **toy-clip** is a ``transformers.CLIPModel`` at tiny size (ViT image tower on 32x32 ToyCanvas
 images with 8x8 patches; 2-layer text transformer on toy-sd's CLIP tokenizer), trained
-contrastively on ToyCanvas, for ``assets/toy-clip`` (not committed yet: see docs/metrics.md;
-``clip='toy-clip'`` errors until then). It is saved exactly like a
-real CLIP checkpoint (``config.json``, ``model.safetensors``, tokenizer files,
-``preprocessor_config.json``), so :func:`load_clip` reads toy-clip and, say, a local copy of
-``openai/clip-vit-base-patch32`` with the same code.
+contrastively on ToyCanvas and committed under ``assets/toy-clip`` (fp16, ~1.7 MB, with the
+``recipe.json`` that made it). It is saved exactly like a real CLIP checkpoint (``config.json``,
+``model.safetensors``, tokenizer files, ``preprocessor_config.json``), so :func:`load_clip` reads
+toy-clip and, say, a local copy of ``openai/clip-vit-base-patch32`` with the same code.
 
 Training (:func:`train_toy_clip`, run by ``python bench/toy_clip.py --train``) follows CLIP's
-symmetric contrastive objective with a learned temperature, with two changes that suit a world of
+symmetric contrastive objective with a learned temperature, with changes that suit a world of
 only 400 distinct captions: the image->text softmax runs over *all* 400 full captions (no false
-negatives from duplicate captions in a batch), and the text->image side uses every caption in the
-batch plus sampled partial captions ("a star", "a red shape", "striped style") with all matching
-batch images as positives, so that prompts naming only some attributes are scored sensibly too.
-Images get the evaluator's light blur/noise augmentation so that decoded toy-sd samples are
-judged like rendered ones.
+negatives from duplicate captions in a batch); a second image->text term runs over the image's
+caption and its 20 *hard negatives*, the captions that change one attribute (the rivals of the
+acceptance figure below; in the 400-way softmax they get little of the gradient once the easy
+captions are ruled out); and the text->image side uses every caption in the batch plus sampled
+partial captions ("a star", "a red shape", "striped style") with all matching batch images as
+positives, so that prompts naming only some attributes are scored sensibly too. Images get a
+random flip and a few pixels of translation (every label survives both) and the evaluator's light
+blur/noise augmentation, so that decoded toy-sd samples are judged like rendered ones.
+
+Acceptance figure (:func:`caption_rank_accuracy`): on fresh images of a world seed training never
+used, the image's own caption must score above all 20 one-attribute-off captions.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, dataclass
+from itertools import product
 from pathlib import Path
 
 import torch
@@ -129,7 +135,9 @@ def load_clip(name_or_path: str | Path = NAME) -> Clip:
             and what it must hold); nothing is downloaded.
     """
     from transformers import CLIPModel, CLIPTokenizer
+    from transformers.utils import logging as tlog
 
+    tlog.disable_progress_bar()  # no "Loading weights" bar for every filter / metric load
     builtin = str(name_or_path) == NAME
     d = toy_clip_dir() if builtin else Path(name_or_path).expanduser()
     hint = (
@@ -162,12 +170,14 @@ class ClipRecipe:
     """The toy-clip recipe (``recipe.json`` next to the weights records the one that made them)."""
 
     seed: int = 0
-    n_images: int = 8000
-    steps: int = 600
+    n_images: int = 12000
+    steps: int = 2800
     batch: int = 128
     partial: int = 64  # partial captions per step (text->image side)
+    hard: float = 1.0  # weight of the image->text loss over the 20 one-attribute-off captions
+    shift: int = 3  # random translation (pixels) of the training images; also a random h-flip
     lr: float = 2e-3
-    warmup: int = 60
+    warmup: int = 100
     vision_width: int = 128
     vision_layers: int = 3
     patch: int = 8
@@ -225,13 +235,20 @@ def _positives(named: list[dict[str, str]], labels: torch.Tensor, kinds: dict) -
     return pos
 
 
-def train_toy_clip(out_dir: str | Path, recipe: ClipRecipe | None = None, progress: bool = True):
+def train_toy_clip(
+    out_dir: str | Path,
+    recipe: ClipRecipe | None = None,
+    progress: bool = True,
+    eval_every: int = 0,
+):
     """Train toy-clip on ToyCanvas and save it as a CLIP directory; returns the directory.
 
     Args:
         out_dir: receives the model, tokenizer, ``preprocessor_config.json`` and ``recipe.json``.
         recipe: the recipe (:class:`ClipRecipe` defaults when None).
         progress: show a progress bar.
+        eval_every: print the caption rank-1 accuracy on 300 fresh images every this many steps
+            (0: never).
     """
     import numpy as np
     from tqdm.auto import tqdm
@@ -254,6 +271,7 @@ def train_toy_clip(out_dir: str | Path, recipe: ClipRecipe | None = None, progre
     captions = all_captions()
     cap_index = {c: i for i, c in enumerate(captions)}
     target = torch.tensor([cap_index[_caption(la)] for la in labels])
+    rivals = one_off_table(captions)
     x_all = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
     model = build_toy_clip(tok, r, image_size=x_all.shape[-1])
     clip = Clip(model, tok, preprocessor_config(x_all.shape[-1]), NAME)
@@ -268,13 +286,19 @@ def train_toy_clip(out_dir: str | Path, recipe: ClipRecipe | None = None, progre
         for grp in opt.param_groups:
             grp["lr"] = r.lr * warm * 0.5 * (1 + np.cos(np.pi * step / r.steps))
         idx = torch.randint(0, len(x_all), (r.batch,), generator=g)
+        x = _augment(_shift_flip(x_all[idx].float() / 255, r.shift, g), g)
         img = F.normalize(
-            Clip._pooled(model.get_image_features(
-                pixel_values=clip.pixels(_augment(x_all[idx].float() / 255, g)))), dim=-1
-        )  # fmt: skip
+            Clip._pooled(model.get_image_features(pixel_values=clip.pixels(x))), dim=-1
+        )
         txt_full = F.normalize(Clip._pooled(model.get_text_features(**all_tokens)), dim=-1)
         scale = model.logit_scale.exp().clamp(max=100)
-        loss_i2t = F.cross_entropy(scale * img @ txt_full.T, target[idx])
+        logits = scale * img @ txt_full.T
+        loss_i2t = F.cross_entropy(logits, target[idx])
+        # the acceptance test's rivals: the true caption (column 0) against the 20 captions that
+        # change one attribute; the 400-way softmax above spends most of its mass elsewhere
+        loss_hard = F.cross_entropy(
+            logits.gather(1, rivals[target[idx]]), torch.zeros(r.batch, dtype=torch.long)
+        )
         # text->image: the batch's distinct full captions plus sampled partial captions, each
         # with every batch image it describes as a positive
         in_batch = sorted(set(target[idx].tolist()))
@@ -288,14 +312,56 @@ def train_toy_clip(out_dir: str | Path, recipe: ClipRecipe | None = None, progre
         pos = _positives(named, lab_t[idx], toycanvas.KINDS)
         logp = (scale * texts @ img.T).log_softmax(-1)
         loss_t2i = -(logp.masked_fill(~pos, -torch.inf).logsumexp(-1)).mean()
-        loss = 0.5 * (loss_i2t + loss_t2i)
+        loss = 0.5 * (loss_i2t + loss_t2i) + r.hard * loss_hard
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if eval_every and (step + 1) % eval_every == 0:
+            model.eval()
+            acc = caption_rank_accuracy(clip, n=300, seed=5151)  # not the bench seed
+            model.train()
+            bar.write(f"step {step + 1}: loss {loss.item():.3f}, rank-1 {acc['rank1']:.3f} "
+                      f"(object {acc['rank1_object']:.3f}, style {acc['rank1_style']:.3f}, "
+                      f"colour {acc['rank1_colour']:.3f})")  # fmt: skip
     model.eval()
     return save_toy_clip(model, tok, out_dir, r)
+
+
+def _shift_flip(x: torch.Tensor, shift: int, g: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and translation by up to ``shift`` pixels (edge-replicated).
+
+    Every ToyCanvas label survives both (a mirrored arrow or moon is still an arrow or moon).
+    """
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=g) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
+    if shift <= 0:
+        return x
+    padded = F.pad(x, (shift,) * 4, mode="replicate")
+    dy, dx = (torch.randint(0, 2 * shift + 1, (n,), generator=g).tolist() for _ in range(2))
+    return torch.stack(
+        [padded[i, :, a : a + h, b : b + w] for i, (a, b) in enumerate(zip(dy, dx, strict=True))]
+    )
+
+
+def one_off_table(captions: list[str]) -> torch.Tensor:
+    """[len(captions), 21] indices: each caption, then the 20 captions one attribute away."""
+    from genunlearn.data import toycanvas
+
+    index = {c: i for i, c in enumerate(captions)}
+    rows = []
+    for o, s, c in product(*toycanvas.KINDS.values()):
+        lab = {"object": o, "style": s, "colour": c}
+        row = [index[_caption(lab)]]
+        for k, names in toycanvas.KINDS.items():
+            row += [index[_caption({**lab, k: v})] for v in names if v != lab[k]]
+        rows.append((row[0], row))
+    table = torch.zeros(len(captions), 21, dtype=torch.long)
+    for i, row in rows:
+        table[i] = torch.tensor(row)
+    return table
 
 
 def preprocessor_config(size: int) -> dict:
@@ -330,8 +396,6 @@ def _caption(labels: dict[str, str]) -> str:
 
 def all_captions() -> list[str]:
     """Every full ToyCanvas caption (10 objects x 8 styles x 5 colours = 400), sorted."""
-    from itertools import product
-
     from genunlearn.data import toycanvas
 
     k = toycanvas.KINDS
