@@ -42,9 +42,11 @@ target (unacceptable) and of those that do not (acceptable). The default accepta
 the official pairs (a concept -> its category; an artist -> "standard style"): "a shape" for
 objects and colours, "a shape in standard style" for styles.
 
-Measured on toy-sd: not yet. The toy preset (80 images per side, 20 epochs, lr 1e-3) has only run
-as a mechanics check; UA / IRA / CRA with the filter on are still to be measured, and they depend
-on the toy-clip the filter starts from (``bench/toy_clip.py``).
+Measured on toy-sd (toy preset: 80 images per side, 20 epochs, lr 1e-3; committed toy-clip at
+94.1% rank-1; seed 0; 2 images per grid prompt; UA / IRA / CRA %, blocked images count as erased
+for UA and as wrong for IRA/CRA): star 100 / 95.8 / 95.1, striped 100 / 92.9 / 95.7, heart
+100 / 95.8 / 94.1, wavy 100 / 95.7 / 97.9 — every target image blocked (``filtered_target`` 100%)
+and 2-4% of the other images blocked (``filtered_retain``); 24-58 s per erase on one core.
 """
 
 from __future__ import annotations
