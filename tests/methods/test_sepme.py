@@ -49,9 +49,11 @@ def test_restoring_one_concept_is_exact_and_keeps_the_other_erased(tiny_model, t
     star, striped = tiny_model.world.prompt("star"), tiny_model.world.prompt("striped")
     base_star, base_striped = _eps(tiny_model, star), _eps(tiny_model, striped)
     assert not torch.allclose(_eps(two.model, star), base_star, atol=1e-4)
-    torch.testing.assert_close(_eps(back, star), base_star, rtol=0, atol=2e-6)
+    # exact up to float32 round-off of subtracting the shift (measured up to 2.6e-6 on O(1)
+    # predictions with the 6-token phrase prompts), far below the erasure's effect (> 1e-4)
+    torch.testing.assert_close(_eps(back, star), base_star, rtol=0, atol=1e-5)
     # the other concept is still erased, exactly as in the erased model
-    torch.testing.assert_close(_eps(back, striped), _eps(two.model, striped), rtol=0, atol=2e-6)
+    torch.testing.assert_close(_eps(back, striped), _eps(two.model, striped), rtol=0, atol=1e-5)
     assert not torch.allclose(_eps(back, striped), base_striped, atol=1e-4)
     # the unconditional prediction never moved
     torch.testing.assert_close(_eps(two.model, ""), _eps(tiny_model, ""), rtol=0, atol=2e-6)
