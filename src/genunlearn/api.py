@@ -11,7 +11,7 @@ import torch
 from genunlearn import registry, runs
 from genunlearn.config import build_config, config_to_dict, load_yaml
 from genunlearn.models import load_model
-from genunlearn.types import AttackResult, ErasureResult, ErasureTask, GenUnlearnError
+from genunlearn.types import AttackResult, ErasureResult, ErasureTask, GenUnlearnError, Needs
 
 __all__ = [
     "Run",
@@ -78,13 +78,16 @@ def _task(task) -> ErasureTask:
     raise GenUnlearnError(f"task must be an ErasureTask or a concept name, got {task!r}")
 
 
-def resolve_task(model, task) -> ErasureTask:
+def resolve_task(model, task, check_text: bool = True) -> ErasureTask:
     """Check a task against the model's world.
 
     A single word on a model with a world must be one of its concepts (typos get the closest
-    names); text with spaces is free text and is used as written.
+    names); text with spaces is free text and is used as written. ``check_text=False`` (methods
+    whose target is found by a detector, not named by a prompt) skips both checks.
     """
     task = _task(task)
+    if not check_text:
+        return task
     world = getattr(model, "world", None)
     for t in task.targets:
         if world is not None and " " not in t.strip():
@@ -187,7 +190,7 @@ def erase(
 
     entry = registry.get("method", method)
     model = _as_model(model)
-    task = resolve_task(model, task)
+    task = resolve_task(model, task, check_text=Needs.DETECTOR not in entry.needs)
     preset = _preset(model, preset)
     cfg = _entry_config(entry, preset, config, overrides)
     _check_requires(entry, model)

@@ -27,6 +27,9 @@ class Needs(enum.StrEnum):
     FORGET_IMAGES = "forget_images"
     RETAIN_PROMPTS = "retain_prompts"
     ANCHOR = "anchor"
+    # the target is an implicit concept found in images by a detector (Geom-Erasing): its text
+    # is a label only, so it is not checked against the world or the tokenizer
+    DETECTOR = "detector"
 
 
 @dataclass(frozen=True)

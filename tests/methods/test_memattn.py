@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import genunlearn as gu
+from genunlearn.core.attention import AttentionStore
 from genunlearn.methods.memattn import attention_trajectory, detection_scores
 from genunlearn.models.mem_attention import memattn_attention, prompt_lengths
 
@@ -24,7 +25,7 @@ def _cfg_batch(model, prompts):
 
 def _run_layer_inputs(model, prompts, **kw):
     """Run one CFG denoiser call under MemAttn; return stored probs and each layer's inputs."""
-    store, inputs = [], []
+    store, inputs = AttentionStore(), []
     hooks = [
         m.register_forward_pre_hook(
             lambda mod, args, kwargs: inputs.append(
@@ -41,7 +42,7 @@ def _run_layer_inputs(model, prompts, **kw):
     finally:
         for h in hooks:
             h.remove()
-    return store, inputs
+    return store.all_probs(), inputs
 
 
 def test_memattn_leaves_every_weight_unchanged(tiny_model):

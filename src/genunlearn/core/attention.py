@@ -63,12 +63,18 @@ class CrossAttentionProcessor:
         store: where probabilities / K / V go (None: record nothing).
         kv_delta: ``c -> (dK, dV)`` added to the projections of the text states (None entries
             are skipped).
+        logit_edit: ``logits -> logits`` applied to the pre-softmax scores ``Q K^T * scale``
+            (plus any attention mask), shaped ``[B, heads, pixels, tokens]`` (inference-time
+            attention edits such as MemAttn's masking and BOS re-weighting).
     """
 
-    def __init__(self, name: str, store: AttentionStore | None = None, kv_delta=None):
+    def __init__(
+        self, name: str, store: AttentionStore | None = None, kv_delta=None, logit_edit=None
+    ):
         self.name = name
         self.store = store
         self.kv_delta = kv_delta
+        self.logit_edit = logit_edit
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, *args, **kwargs):  # fmt: skip
@@ -97,7 +103,14 @@ class CrossAttentionProcessor:
             store.keys.setdefault(self.name, []).append(key)
             store.values.setdefault(self.name, []).append(value)
         q, k, v = (attn.head_to_batch_dim(x) for x in (query, key, value))
-        probs = attn.get_attention_scores(q, k, attention_mask)  # [B * heads, pixels, tokens]
+        if self.logit_edit is None:
+            probs = attn.get_attention_scores(q, k, attention_mask)  # [B * heads, pixels, tokens]
+        else:
+            logits = torch.bmm(q, k.transpose(1, 2)) * attn.scale
+            if attention_mask is not None:
+                logits = logits + attention_mask
+            logits = self.logit_edit(logits.view(batch, attn.heads, *logits.shape[1:]))
+            probs = logits.reshape(batch * attn.heads, *logits.shape[2:]).softmax(-1).to(v.dtype)
         if store is not None and store.keep_probs:
             store.probs.setdefault(self.name, []).append(
                 probs.view(batch, attn.heads, probs.shape[1], probs.shape[2])
@@ -130,6 +143,7 @@ def patched_cross_attention(
     store: AttentionStore | None = None,
     kv_delta: dict[str, KVDelta] | None = None,
     layers: list[str] | None = None,
+    logit_edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[AttentionStore | None]:
     """Run a block with explicit, recording cross-attention processors; restore them on exit.
 
@@ -138,6 +152,8 @@ def patched_cross_attention(
         store: receives probabilities (and K/V); None records nothing.
         kv_delta: layer name -> ``c -> (dK, dV)`` added to that layer's keys / values.
         layers: patch only these ``attn2`` layers (None: all).
+        logit_edit: edit of every patched layer's pre-softmax logits (see
+            :class:`CrossAttentionProcessor`).
 
     Yields:
         The store.
@@ -150,7 +166,7 @@ def patched_cross_attention(
     saved = {n: m.processor for n, m in mods.items()}
     try:
         for n, m in mods.items():
-            m.set_processor(CrossAttentionProcessor(n, store, kv_delta.get(n)))
+            m.set_processor(CrossAttentionProcessor(n, store, kv_delta.get(n), logit_edit))
         yield store
     finally:
         for n, m in mods.items():

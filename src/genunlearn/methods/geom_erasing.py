@@ -59,7 +59,7 @@ from genunlearn.core.cache import cached_sample
 from genunlearn.core.finetune import finetune
 from genunlearn.core.params import trainable
 from genunlearn.registry import register_method
-from genunlearn.types import Capability, ErasureResult, GenUnlearnError
+from genunlearn.types import Capability, ErasureResult, GenUnlearnError, Needs
 
 DETECTORS = ("watermark",)
 
@@ -157,6 +157,7 @@ def training_set(model, cfg: GeomErasingConfig, detector):
     "geom_erasing",
     config=GeomErasingConfig,
     requires=(Capability.TRAINABLE_DENOISER, Capability.LATENT_VAE, Capability.TEXT_ENCODER),
+    needs=(Needs.DETECTOR,),
     presets={
         "paper": {},
         "toy": {"n_images": 200, "steps": 150, "lr": 1e-4, "batch_size": 16},

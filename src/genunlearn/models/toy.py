@@ -205,6 +205,42 @@ def _partial_caption(labels: np.ndarray, heads: dict, rng: random.Random) -> str
     )
 
 
+def training_captions(
+    indices, captions, labels, heads: dict, rng: random.Random, dropout: float, partial: float
+) -> list[str]:
+    """toy-sd's caption mix for one batch: "" with probability ``dropout`` (keeps classifier-free
+    guidance working), a partial caption with probability ``partial``, else the full caption.
+    Shared by the testbed recipe and its fine-tuned variants so they keep the same abilities."""
+    texts = []
+    for i in indices:
+        r = rng.random()
+        if r < dropout:
+            texts.append("")
+        elif r < dropout + partial:
+            texts.append(_partial_caption(labels[i], heads, rng) or captions[i])
+        else:
+            texts.append(captions[i])
+    return texts
+
+
+def min_snr_step(unet, scheduler, z0, cond, g: torch.Generator, gamma: float, opt, params):
+    """One optimiser step of toy-sd's objective (min-SNR-weighted epsilon MSE, grad clip 1.0) on
+    clean latents ``z0`` with text states ``cond``; noise and timesteps come from ``g``.
+    Returns the loss tensor (detached)."""
+    alphas = scheduler.alphas_cumprod.float()
+    noise = torch.randn(z0.shape, generator=g)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(z0),), generator=g)
+    pred = unet(scheduler.add_noise(z0, noise, t), t, cond).sample
+    snr = alphas[t] / (1 - alphas[t])
+    w = torch.clamp(snr, max=gamma) / snr
+    loss = (w * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss.detach()
+
+
 # --------------------------------------------------------------------------- stages
 def _stage_vae(work: Path, data: dict, recipe: TrainRecipe, progress: bool):
     from diffusers import AutoencoderKL
@@ -282,8 +318,6 @@ def _stage_unet(work: Path, pipe, latents, data, recipe: TrainRecipe, progress: 
         for e, v in zip(ema, state["ema"], strict=True):
             e.copy_(v)
         start = state["step"]
-    alphas = sched.alphas_cumprod.float()
-    snr = alphas / (1 - alphas)
     captions = [str(c) for c in data["captions"]]
     labels = data["labels"]
 
@@ -302,26 +336,14 @@ def _stage_unet(work: Path, pipe, latents, data, recipe: TrainRecipe, progress: 
         for grp in opt.param_groups:
             grp["lr"] = recipe.unet_lr * _cosine(step, recipe.unet_steps, recipe.warmup)
         idx = torch.randint(0, len(latents), (recipe.unet_batch,), generator=g)
-        texts = []
-        for i in idx.tolist():
-            r = rng.random()
-            if r < recipe.caption_dropout:
-                texts.append("")
-            elif r < recipe.caption_dropout + recipe.partial_captions:
-                texts.append(_partial_caption(labels[i], heads, rng) or captions[i])
-            else:
-                texts.append(captions[i])
+        texts = training_captions(
+            idx.tolist(), captions, labels, heads, rng, recipe.caption_dropout,
+            recipe.partial_captions,
+        )  # fmt: skip
         z0 = latents[idx] * pipe.vae.config.scaling_factor
-        noise = torch.randn(z0.shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
-        zt = sched.add_noise(z0, noise, t)
-        pred = unet(zt, t, te(ids_of(texts))[0]).sample
-        w = torch.clamp(snr[t], max=recipe.min_snr_gamma) / snr[t]
-        loss = (w * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss = min_snr_step(
+            unet, sched, z0, te(ids_of(texts))[0], g, recipe.min_snr_gamma, opt, params
+        )
         with torch.no_grad():
             d = min(recipe.ema_decay, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - d)

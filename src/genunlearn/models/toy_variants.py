@@ -122,6 +122,7 @@ def train_memorizing(
 
     from genunlearn.data import toycanvas
     from genunlearn.models import load_model
+    from genunlearn.models.toy import min_snr_step, training_captions
 
     recipe = recipe or MemorizeRecipe()
     out = Path(out_dir)
@@ -152,8 +153,6 @@ def train_memorizing(
         )  # fmt: skip
         z_mem = to_lat(np.stack([s.image for s in mem]))
         z_ord = to_lat(imgs)
-    alphas = sched.alphas_cumprod.float()
-    snr = alphas / (1 - alphas)
     te = model.text_encoder
     unet.train().requires_grad_(True)
     te.train().requires_grad_(True)
@@ -169,29 +168,12 @@ def train_memorizing(
             grp["lr"] = recipe.lr * min(1.0, (step + 1) / recipe.warmup)
         im = torch.randint(0, recipe.k, (n_mem,), generator=g)
         io = torch.randint(0, recipe.n_ordinary, (n_ord,), generator=g).tolist()
-        texts = []
-        for i in io:
-            r = rng.random()
-            if r < recipe.caption_dropout:
-                texts.append("")
-            elif r < recipe.caption_dropout + recipe.partial_captions:
-                o, s, c = (
-                    heads[h][labels[i][j]] for j, h in enumerate(("object", "style", "colour"))
-                )
-                texts.append(rng.choice([f"a {c} {o}", f"a {o} in {s} style", f"a {o}"]))
-            else:
-                texts.append(caps[i])
+        texts = training_captions(
+            io, caps, labels, heads, rng, recipe.caption_dropout, recipe.partial_captions
+        )
         cond = model.encode_prompt([prompts[i] for i in im.tolist()] + texts)
         z0 = torch.cat([z_mem[im], z_ord[io]])
-        noise = torch.randn(z0.shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(z0),), generator=g)
-        pred = unet(sched.add_noise(z0, noise, t), t, cond).sample
-        w = torch.clamp(snr[t], max=recipe.min_snr_gamma) / snr[t]
-        loss = (w * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss = min_snr_step(unet, sched, z0, cond, g, recipe.min_snr_gamma, opt, params)
         bar.set_postfix(loss=f"{loss.item():.4f}")
     unet.eval().requires_grad_(False)
     te.eval().requires_grad_(False)

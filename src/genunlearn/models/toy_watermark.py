@@ -132,7 +132,7 @@ def train_watermark_variant(
     from tqdm.auto import tqdm
 
     from genunlearn.models import load_model
-    from genunlearn.models.toy import _partial_caption, export_pipeline
+    from genunlearn.models.toy import export_pipeline, min_snr_step, training_captions
 
     recipe = recipe or WatermarkRecipe()
     if not 0.0 < recipe.p <= 1.0:
@@ -163,32 +163,16 @@ def train_watermark_variant(
     unet.requires_grad_(True).train()
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=1e-2)
-    alphas = sched.alphas_cumprod.float()
-    snr = alphas / (1 - alphas)
     for step in tqdm(range(recipe.steps), desc="watermark variant", disable=not progress):
         g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
         rng = random.Random(recipe.seed * 1_000_003 + step)
         for grp in opt.param_groups:
             grp["lr"] = recipe.lr * min(1.0, (step + 1) / recipe.warmup)
         idx = torch.randint(0, len(z0), (recipe.batch_size,), generator=g)
-        texts = []
-        for i in idx.tolist():
-            r = rng.random()
-            if r < recipe.caption_dropout:
-                texts.append("")
-            elif r < recipe.caption_dropout + recipe.partial_captions:
-                texts.append(_partial_caption(labels[i], heads, rng) or caps[i])
-            else:
-                texts.append(caps[i])
-        noise = torch.randn(z0[idx].shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
-        pred = unet(sched.add_noise(z0[idx], noise, t), t, embed(texts)).sample
-        w = torch.clamp(snr[t], max=recipe.min_snr_gamma) / snr[t]
-        loss = (w * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        texts = training_captions(
+            idx.tolist(), caps, labels, heads, rng, recipe.caption_dropout, recipe.partial_captions
+        )
+        min_snr_step(unet, sched, z0[idx], embed(texts), g, recipe.min_snr_gamma, opt, params)
     unet.requires_grad_(False).eval()
     out.mkdir(parents=True, exist_ok=True)
     export_pipeline(model.pipe, out, Path(model.evaluator_dir), heads, None)
