@@ -47,7 +47,10 @@ transfers only partly to full captions. Harder settings overshoot: lr 1e-2 witho
 decorrelation stop gave star 100/35/73%. The frontier over the minimum number of steps
 (closed_form bench, 4 styles + 4 objects, seed 0): min_steps 20 gave 89.8/95.2/98.8 (circle UA 62%); on the
 three hardest concepts (circle, triangle, wavy) min_steps 40 gave 92.5/89.5/97.5 and 80 gave
-97.9/76.8/96.8, so the toy preset uses 40 (and the docstring figures above are at 20).
+97.9/76.8/96.8, so the toy preset uses 40 (and the docstring figures above are at 20). The full
+protocol at the toy preset (closed_form.yaml, 8 concepts x seeds 0 and 1): **97.2 +- 5.1 /
+87.9 +- 4.6 / 98.3**, 7 s per erase; the retention cost is on the same kind (IRA 81-85% for
+striped, dotted, square, triangle), UA below 90% only for circle (88%).
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ Modes (symbols as in the paper):
   prompt (the 2025 code's default). ``guide="neighbour"`` picks, for a concept of the model's
   world, the next concept of the same kind (the toy preset: on toy-sd mapping a concept to ""
   leaves objects half drawn, e.g. heart UA 19%, while a concrete same-kind guide erases them:
-  UA 88-100% over 6 concepts; the paper also maps concepts to chosen guides).
+  UA 88-100% over 6 concepts; the paper also maps concepts to chosen guides). Protocol
+  (closed_form.yaml, 4 styles + 4 objects x seeds 0 and 1): 98.4 +- 4.3 / 98.3 / 99.1, 0.13 s per
+  edit; the only miss is heart (UA 88% on both seeds).
 - ``moderate``: every target maps to the empty prompt.
 - ``debias``: v_i* = W (c_i + sum_k alpha_k a_k) for the attribute embeddings a_k (``attributes``,
   e.g. colours for an object). The alphas start at 0 and are tuned in an outer loop: generate
