@@ -57,6 +57,35 @@ def test_unlearncanvas_ua_matches_its_definition(tiny_model, monkeypatch):
     assert uc2["ua"] == 1.0
 
 
+def test_target_cra_scores_the_other_heads_on_the_target_images(tiny_model, monkeypatch):
+    """target_cra reads the target prompts' images only, cra the retain images only: spoiling
+    the evaluator's object/colour answers on one split moves only that split's figure."""
+    ev = tiny_model.evaluator
+    real_predict = ev.predict
+    kw = {"protocol": "unlearncanvas", "n_per_prompt": 1, "fid": False}
+    base = gu.evaluate(tiny_model, "dotted", **kw)
+
+    def spoil(split):  # the protocol labels the target split first, then the retain split
+        calls = []
+
+        def predict(images, batch_size=256):
+            out = real_predict(images, batch_size)
+            calls.append(len(images))
+            if len(calls) == split:
+                out["colour"] = ["no-such-colour"] * len(images)
+                out["object"] = ["no-such-object"] * len(images)
+            return out
+
+        return predict
+
+    monkeypatch.setattr(ev, "predict", spoil(1))
+    t = gu.evaluate(tiny_model, "dotted", **kw)
+    assert t["target_cra"] == 0.0 and t["cra"] == base["cra"]
+    monkeypatch.setattr(ev, "predict", spoil(2))
+    r = gu.evaluate(tiny_model, "dotted", **kw)
+    assert r["cra"] == 0.0 and r["target_cra"] == base["target_cra"] > 0.0
+
+
 def test_protocol_errors(tiny_model):
     with pytest.raises(gu.GenUnlearnError, match="Did you mean 'unlearncanvas'"):
         gu.evaluate(tiny_model, "star", protocol="unlearncanva")

@@ -39,6 +39,12 @@ grid prompt; UA / IRA / CRA %, mean of the two concepts):
 
 i.e. the toy world reproduces ESD's published erasure-versus-retention trade-off: past the
 frontier's knee, retention collapses while UA is already saturated.
+
+Caveats seen with the toy preset (seed 0): on ``dotted`` UA is only 10% (the target prompts lose
+their object but keep the dots); on ``striped`` UA is 100% but the target prompts draw broken
+squiggles, not the object without stripes (the ``target_cra`` figure of the protocol shows this;
+UnlearnCanvas' CRA, measured on the other images, does not). 40 of the 50 captions of a style
+are used (``max_prompts``), so one colour is never trained.
 """
 
 from __future__ import annotations

@@ -142,6 +142,10 @@ def unlearncanvas(model, task, cfg: UnlearnCanvasConfig) -> dict[str, float]:
     for h in others:
         out[f"cra_{h}"] = _acc(p_r, l_r, h)
     out["cra"] = sum(out[f"cra_{h}"] for h in others) / max(1, len(others))
+    # not part of UnlearnCanvas: the other heads' accuracy on the TARGET prompts' images, which
+    # shows whether erasing a style also destroyed the object it was drawn on (see docs/metrics.md)
+    if others:
+        out["target_cra"] = sum(_acc(p_t, l_t, h) for h in others) / len(others)
     if cfg.fid and world.name == "toycanvas":
         real = real_images(world, without, cfg.n_per_prompt, cfg.real_seed)
         f_gen = features(model.evaluator.features, images_r)
