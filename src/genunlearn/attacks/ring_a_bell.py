@@ -22,6 +22,15 @@ Differences from the official code: candidate tokens are the whole-word vocabula
 re-tokenizes exactly (the notebook draws ids 1..49405), so the decoded prompt reproduces the
 searched one; pairs come from the world's captions instead of templated nudity/violence prompts;
 the soft (continuous, no GA) variant used by RECE/SAFREE is not this attack.
+
+Measured on toy-sd (``bench/attacks.py``, toy preset, 6 prompts per concept): against ESD's toy
+preset on striped and heart, ASR stays at pre-ASR (0%). Investigation: the prompts are K tokens
+only (the paper's design: nothing of the original prompt is kept), and 387 of the 414 whole-word
+tokens toy-sd's tokenizer can decode have untrained (random-initialisation-norm) embeddings,
+because toy-sd's text encoder was trained on ToyCanvas captions only; the tokens the genetic
+search finds produced, on the ESD-erased model, images with no recognisable object or style at
+all (samples in the bench's run directories). On SD, where every token is trained, the same search finds
+meaningful substitutes; on toy-sd the attack is reported as ineffective rather than changed.
 """
 
 from __future__ import annotations

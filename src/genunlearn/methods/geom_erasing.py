@@ -43,9 +43,25 @@ Differences from the paper:
 - ToyCanvas models only (the training captions come from the world); a real checkpoint would
   need a captioned image folder, not implemented.
 
-The ``toy`` preset (200 images, 150 steps, lr 1e-4, batch 16) is a first guess, NOT yet measured
-on the watermark variant (watermark-rate drop and prompt fidelity unknown; ``bench/geom_erasing.py``
-measures them).
+Measured on toy-sd's watermark variant (``bench/geom_erasing.py``, 80 grid prompts x 2 images;
+variant: 46.3% of generations watermarked, prompt fidelity 0.948; plain toy-sd 0%): the
+**acceptance (>= 80% relative drop, fidelity >= 0.8) is not met**. Watermark rate, relative drop,
+fidelity per setting (seed 0 / seed 1):
+
+- 200 images, 150 steps, lr 1e-4: 0.231 / 0.294, drop 50.0% / 36.5%, fidelity 0.89 / 0.89
+  (fine-tuning alone, negative prompt off: drop 37.8% / 20.3%);
+- 400 images, 300 steps, lr 3e-4 (the ``toy`` preset now): 0.094 / 0.231, drop **79.7% / 50.0%**,
+  fidelity 0.87 / 0.86;
+- 600 images, 400 steps, lr 3e-4: drop 75.7% (seed 0), fidelity 0.86;
+- 400 images, 300 steps, lr 3e-4, caption_dropout 0.3: drop 68.9% / 59.5%, fidelity 0.89.
+
+The tokens alone as a negative prompt without the fine-tuning remove 2.7%; the fine-tuning moves
+the watermark off the plain captions and onto the tokens, and the negative prompt removes about
+as much again. Style accuracy pays most (0.89 -> 0.71-0.77). The seed-to-seed spread (50-80%)
+is larger than the differences between settings. Likely limits: the training images are the
+variant's own generations, of which the detector marks ~42% (the paper fine-tunes on the
+concept-carrying dataset itself), and toy-sd samples with CFG 3, so the negative prompt pushes
+less than SD's 7.5.
 """
 
 from __future__ import annotations
@@ -160,7 +176,7 @@ def training_set(model, cfg: GeomErasingConfig, detector):
     needs=(Needs.DETECTOR,),
     presets={
         "paper": {},
-        "toy": {"n_images": 200, "steps": 150, "lr": 1e-4, "batch_size": 16},
+        "toy": {"n_images": 400, "steps": 300, "lr": 3e-4, "batch_size": 16},
         "smoke": {"n_images": 4, "steps": 2, "lr": 1e-4, "batch_size": 2, "progress": False},
     },
     paper="https://arxiv.org/abs/2310.05873",
