@@ -26,6 +26,8 @@ SUMMARY_METRICS: dict[str, tuple[str, float, str, str]] = {
     "ua": ("ua", 1.0, "UA (%)", "pct"),
     "ira": ("ira", 1.0, "IRA (%)", "pct"),
     "cra": ("cra", 1.0, "CRA (%)", "pct"),
+    # genunlearn's addition: the other heads' accuracy on the target prompts (docs/metrics.md)
+    "target_cra": ("target_cra", 1.0, "target CRA (%)", "pct"),
     "fid": ("fid", 1.0, "FID", "num"),
     "seconds": ("seconds", 1.0, "time (s)", "num"),
     "peak_memory_mb": ("peak_memory_bytes", 1.0 / 2**20, "peak mem (MB)", "num"),
