@@ -2,7 +2,7 @@
 
 Installed by :meth:`SDAdapter.sample` for the duration of one sampling loop when the adapter's
 inference state holds ``"memattn"`` (set by ``methods/memattn.py``). Every ``attn2`` layer then
-computes its attention explicitly (``core.attention``'s processor, diffusers' reference maths)
+computes its attention explicitly (``models.attention_processor``, diffusers' reference maths)
 with two changes to the logits
 ``S = Q K^T / sqrt(d)`` before the softmax:
 
@@ -21,7 +21,11 @@ from __future__ import annotations
 
 import torch
 
-from genunlearn.core.attention import AttentionStore, patched_cross_attention
+from genunlearn.models.attention_processor import (
+    AttentionStore,
+    CrossAttentionProcessor,
+    installed_processors,
+)
 from genunlearn.types import GenUnlearnError
 
 
@@ -95,4 +99,6 @@ def memattn_attention(
         store: optional :class:`AttentionStore` receiving every layer call's probabilities.
     """
     keep, bos = memattn_plan(model, prompts, c1, mask, mask_eos)
-    return patched_cross_attention(model, store, logit_edit=memattn_logit_edit(keep, bos))
+    edit = memattn_logit_edit(keep, bos)
+    make = lambda n: CrossAttentionProcessor(n, store, logit_edit=edit)  # noqa: E731
+    return installed_processors(model.cross_attention_layers(), make)
