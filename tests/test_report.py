@@ -174,16 +174,21 @@ def test_sequential_series_and_plots(results):
         assert png is not None and png.startswith(b"\x89PNG")
 
 
-def test_browser_renders_the_report(results, tmp_path):
+def _chromium(tmp_path) -> list[str]:
+    """Headless Chromium's command line with a throw-away profile (skips without chromium)."""
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("chromium not installed")
-    out = write_report(tmp_path, tmp_path / "report.html")
-    flags = [
+    return [
         chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
         "--no-first-run", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
     ]  # fmt: skip
+
+
+def test_browser_renders_the_report(results, tmp_path):
+    out = write_report(tmp_path, tmp_path / "report.html")
+    flags = _chromium(tmp_path)
     dom = subprocess.run(
         flags + ["--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=60
     ).stdout
@@ -219,9 +224,7 @@ def test_smoke_benchmark_robustness_matrix_renders_in_the_browser(tiny_testbed, 
     import genunlearn as gu
     from genunlearn.bench.results import read_rows
 
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("chromium not installed")
+    flags = _chromium(tmp_path)  # skips before the benchmark runs when chromium is absent
     root = pathlib.Path(__file__).resolve().parents[1]
     spec = yaml.safe_load((root / "configs" / "bench" / "smoke.yaml").read_text())
     real = set(spec["attacks"]) - BASELINES
@@ -235,11 +238,6 @@ def test_smoke_benchmark_robustness_matrix_renders_in_the_browser(tiny_testbed, 
     asr = {(r["label"], r["attack"]) for r in rows if r["metric"] == "asr"}
     methods = [m if isinstance(m, str) else m.get("label") or m["name"] for m in spec["methods"]]
     assert asr == {(m, a) for m in methods for a in spec["attacks"]}
-    flags = [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-    ]  # fmt: skip
     dom = subprocess.run(
         flags + ["--dump-dom", (out / "report.html").as_uri()],
         capture_output=True, text=True, timeout=60,
