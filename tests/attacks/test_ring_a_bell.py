@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import genunlearn as gu
@@ -49,3 +50,23 @@ def test_adversarial_prompt_has_k_tokens(tiny_model, forced_judge):
     forced_judge(ring_a_bell, pre=False, post=False)
     res = gu.attack(tiny_model, "ring_a_bell", "star", preset="smoke", n_prompts=2, k_tokens=5)
     assert all(len(a.split()) == 5 for a in res.adversarial_prompts)
+
+
+def test_world_vocabulary_is_the_worlds_words(tiny_model, forced_judge):
+    m = tiny_model
+    world_ids = adv.world_tokens(m)
+    words = {m.tokenizer.decode([int(i)]).strip() for i in world_ids}
+    concept_words = {c.name for c in m.world.concepts()}
+    assert concept_words <= words  # every concept the world names can be searched for
+    caption_words = {w for lab in m.world.grid() for w in m.world.caption(lab).split()}
+    caption_words |= {w for c in m.world.concepts() for w in m.world.prompt(c.name).split()}
+    assert words <= caption_words  # and nothing the world never says
+    assert len(world_ids) < len(adv.word_tokens(m))
+    forced_judge(ring_a_bell, pre=False, post=False)
+    res = gu.attack(m, "ring_a_bell", "star", preset="smoke", n_prompts=2, vocabulary="world")
+    assert all(set(a.split()) <= words for a in res.adversarial_prompts)
+
+
+def test_unknown_vocabulary_names_the_valid_ones(tiny_model):
+    with pytest.raises(gu.GenUnlearnError, match="words, world"):
+        gu.attack(tiny_model, "ring_a_bell", "star", preset="smoke", vocabulary="all")

@@ -31,6 +31,11 @@ because toy-sd's text encoder was trained on ToyCanvas captions only; the tokens
 search finds produced, on the ESD-erased model, images with no recognisable object or style at
 all (samples in the bench's run directories). On SD, where every token is trained, the same search finds
 meaningful substitutes; on toy-sd the attack is reported as ineffective rather than changed.
+With ``vocabulary="world"`` (the search restricted to the 26 words toy-sd's text encoder has
+learnt) the search converges on prompts that repeat the erased word itself ("yellow square striped
+style striped yellow red striped shape striped ..."): closest to prompt + eta * vector, and exactly
+what ESD erased, so on striped (where random tokens, UnlearnDiffAtk, Concept Inversion and P4D
+all succeed) ASR still stays at 0% (6 prompts).
 """
 
 from __future__ import annotations
@@ -58,6 +63,10 @@ class RingABellConfig:
         generations: genetic-algorithm generations.
         crossover: single-point crossover probability.
         mutation: one-token mutation probability.
+        vocabulary: the tokens the genetic search draws from: "words" (every whole-word token of
+            the tokenizer, as the paper searches CLIP's vocabulary) or "world" (only the words
+            of the model's world, ``core.adversary.world_tokens``; a testbed's text encoder has
+            learnt nothing else).
         seed: evaluation seed of prompt 0 (prompt i uses seed + i) and search randomness.
         progress: show a progress bar.
         prompts_csv: an UnlearnDiffAtk-style attack set (prompt, seed, guidance, optional target
@@ -71,9 +80,13 @@ class RingABellConfig:
     generations: int = 3000
     crossover: float = 0.5
     mutation: float = 0.25
+    vocabulary: str = "words"
     seed: int = 0
     progress: bool = True
     prompts_csv: str | None = None
+
+
+VOCABULARIES = {"words": adv.word_tokens, "world": adv.world_tokens}
 
 
 def concept_pairs(world, target: str) -> list[tuple[str, str]]:
@@ -117,7 +130,11 @@ def attack(model, task, cfg: RingABellConfig, original=None):
         raise GenUnlearnError("ring_a_bell needs the original model's text_encoder")
     pairs = [p for t in task.targets for p in concept_pairs(model.world, t)]
     c = concept_vector(original.encode_prompt, pairs)
-    cand = adv.word_tokens(original)
+    if cfg.vocabulary not in VOCABULARIES:
+        raise GenUnlearnError(
+            f"ring_a_bell vocabulary must be one of {', '.join(VOCABULARIES)}, got {cfg.vocabulary!r}"
+        )
+    cand = VOCABULARIES[cfg.vocabulary](original)
     adv.pack_ids(original, [0] * cfg.k_tokens)  # a clear error if K does not fit
 
     @torch.no_grad()

@@ -1,7 +1,8 @@
 """Token-space and soft-prompt optimisers shared by attacks and adversarially robust methods.
 
 - vocabulary: :func:`word_tokens` (whole-word tokens that survive decode -> encode, so a discrete
-  adversarial prompt replayed as text is the optimised one), :func:`pack_ids`, :func:`splice`;
+  adversarial prompt replayed as text is the optimised one), :func:`world_tokens` (those a
+  testbed's world uses), :func:`pack_ids`, :func:`splice`;
 - projections: :func:`project_simplex` (UnlearnDiffAtk), :func:`sample_one_hot` (straight-through,
   hardtanh-clipped), :func:`nearest_tokens` (PEZ / P4D cosine projection);
 - soft prompts: transformers 5's ``CLIPTextModel.forward`` takes ``input_ids`` only, so token
@@ -41,6 +42,23 @@ def _word_tokens(tok) -> tuple[int, ...]:
 def word_tokens(model) -> torch.Tensor:
     """Ids of the tokenizer's alphabetic whole-word tokens that re-tokenize to themselves."""
     return torch.tensor(_word_tokens(model.tokenizer), dtype=torch.long)
+
+
+def world_tokens(model) -> torch.Tensor:
+    """The :func:`word_tokens` that occur in the captions and concept prompts of the model's world.
+
+    A testbed's text encoder has only learnt these words (its other vocabulary rows keep their
+    random initialisation), so a search over them is a search over what the model can read.
+    """
+    world = getattr(model, "world", None)
+    if world is None:
+        raise GenUnlearnError(
+            "the 'world' vocabulary needs a model with a labelled world (a testbed); use 'words'"
+        )
+    texts = [world.caption(lab) for lab in world.grid()]
+    texts += [world.prompt(c.name) for c in world.concepts()]
+    seen = {i for t in texts for i in text_ids(model, t)}
+    return torch.tensor([i for i in _word_tokens(model.tokenizer) if i in seen], dtype=torch.long)
 
 
 def text_ids(model, text: str) -> list[int]:
