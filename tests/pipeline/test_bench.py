@@ -105,3 +105,29 @@ def test_bench_refuses_to_resume_another_versions_results(tiny_testbed, tmp_path
     with pytest.warns(UserWarning, match="0.0.1"):
         page = write_report(out, out / "report.html").read_text()
     assert 'id="version-warning"' in page
+
+
+def test_bench_refuses_to_resume_cells_whose_configuration_changed(
+    tiny_testbed, tmp_path, monkeypatch
+):
+    import pytest
+
+    from genunlearn import registry
+
+    spec = {**_spec(tiny_testbed), "methods": ["original", "negative_prompt"], "attacks": []}
+    out = tmp_path / "res"
+    path = gu.run_benchmark(spec, out, progress=False)
+    rows = read_rows(path)
+    assert all(r["fingerprint"] for r in rows)
+    assert gu.run_benchmark(spec, out, progress=False) and len(read_rows(path)) == len(rows)
+
+    # a retuned preset: the finished negative_prompt cell would now run differently
+    entry = registry.get("method", "negative_prompt")
+    monkeypatch.setitem(entry.presets, "toy", {"text": "something else"})
+    with pytest.raises(gu.GenUnlearnError, match=r"negative_prompt__star__s0\. Resuming"):
+        gu.run_benchmark(spec, out, progress=False)
+    monkeypatch.undo()
+    # an attack added to the grid: every finished cell lacks its rows
+    with pytest.raises(gu.GenUnlearnError, match="another configuration"):
+        gu.run_benchmark({**spec, "attacks": ["no_attack"]}, out, progress=False)
+    assert len(read_rows(path)) == len(rows)  # nothing was appended or lost

@@ -99,8 +99,9 @@ def check_version(path: Path) -> None:
         )
 
 
-def finished_cells(path: Path) -> set[str]:
-    """Cells that completed successfully (failed cells are retried on the next run)."""
+def finished_cells(path: Path) -> dict[str, str | None]:
+    """Cells that completed successfully -> their configuration fingerprint (None in rows written
+    before fingerprints were recorded). Failed cells are retried on the next run."""
     if not path.is_file():
-        return set()
-    return {r["cell"] for r in read_rows(path) if r.get("status") == "ok"}
+        return {}
+    return {r["cell"]: r.get("fingerprint") for r in read_rows(path) if r.get("status") == "ok"}

@@ -6,7 +6,11 @@ goes on. A spec with ``sequential`` adds one sequential-unlearning cell per mode
 (``ray=True`` for a local cluster on this machine's CPUs, or an address such as ``"auto"`` /
 ``"ray://host:10001"``) with the same rows; on a multi-machine cluster the output directory must
 be on a filesystem every node sees. Every row records the genunlearn version that wrote it, and
-a results file written by another version is refused instead of being resumed into.
+a results file written by another version is refused instead of being resumed into. Every row
+also records a fingerprint of what the cell resolved to (the method's full configuration after
+preset and overrides, the evaluation settings, the attacks and their settings): resuming into a
+directory whose finished cells would now resolve differently (a preset was retuned, an attack
+added) is refused too, naming the cells, instead of silently keeping the old figures.
 """
 
 from __future__ import annotations
@@ -30,9 +34,35 @@ def _model(name: str):
     return _MODELS[name]
 
 
-def _base_row(cell: Cell, run_dir: Path, kind: str | None) -> dict[str, Any]:
+def fingerprint(cell: Cell, spec: Spec) -> str:
+    """Hash of everything a cell's figures depend on besides the model and the code version."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from genunlearn import api, registry
+
+    model = _model(cell.model)
+    entry = registry.get("method", cell.method.name)
+    cfg = api._entry_config(
+        entry, api._preset(model, cell.method.preset), None, dict(cell.method.overrides)
+    )
+    what = {
+        "method": [entry.name, dataclasses.asdict(cfg)],
+        "eval": spec.eval,
+        "attacks": {a: attack_config(spec, a) for a in spec.attacks},
+        "sequence": list(cell.sequence),
+    }
+    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _base_row(cell: Cell, run_dir: Path, kind: str | None, spec: Spec) -> dict[str, Any]:
     from genunlearn.runs import version
 
+    try:
+        fp = fingerprint(cell, spec)
+    except Exception:  # an unresolvable cell fails in run_cell with its own error
+        fp = None
     return {
         "cell": cell.id,
         "model": cell.model,
@@ -46,6 +76,7 @@ def _base_row(cell: Cell, run_dir: Path, kind: str | None) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         "genunlearn_version": version(),
+        "fingerprint": fp,
     }
 
 
@@ -65,14 +96,16 @@ def run_sequential_cell(cell: Cell, spec: Spec, out: Path) -> list[dict[str, Any
         prompts = [world.caption(world.split([c])[0][0]) for c in cell.sequence][:4]
         prompts += [world.caption(lab) for lab in world.split(list(cell.sequence))[1][:4]]
         save_grid(final.sample(prompts, n=2, seed=0), run_dir / "samples.png", nrow=4)
-        return step_rows(steps, _base_row(cell, run_dir, "sequential"))
+        return step_rows(steps, _base_row(cell, run_dir, "sequential", spec))
     except Exception as e:  # a failing cell is recorded, the grid goes on
-        return [_failed_row(cell, run_dir, "sequential", e)]
+        return [_failed_row(cell, run_dir, "sequential", e, spec)]
 
 
-def _failed_row(cell: Cell, run_dir: Path, kind: str | None, e: BaseException) -> dict[str, Any]:
+def _failed_row(
+    cell: Cell, run_dir: Path, kind: str | None, e: BaseException, spec: Spec
+) -> dict[str, Any]:
     return {
-        **_base_row(cell, run_dir, kind), "attack": None, "metric": "error", "value": None,
+        **_base_row(cell, run_dir, kind, spec), "attack": None, "metric": "error", "value": None,
         "status": "failed", "error": f"{type(e).__name__}: {e}",
         "traceback": traceback.format_exc(limit=5),
     }  # fmt: skip
@@ -89,7 +122,7 @@ def run_cell(cell: Cell, spec: Spec, out: Path) -> list[dict[str, Any]]:
     try:
         model = _model(cell.model)
         kind = model.world.kind_of(cell.concept) if model.world else None
-        base = _base_row(cell, run_dir, kind)
+        base = _base_row(cell, run_dir, kind, spec)
         run = api.erase(
             model, cell.method.name, cell.concept, run_dir, preset=cell.method.preset,
             seed=cell.seed, overwrite=True, **cell.method.overrides,
@@ -122,7 +155,7 @@ def run_cell(cell: Cell, spec: Spec, out: Path) -> list[dict[str, Any]]:
                 save_grid(res.images[:8], run_dir / f"attack_{a}.png", nrow=8)
         return rows
     except Exception as e:  # a failing cell is recorded, the grid goes on
-        return [_failed_row(cell, run_dir, kind, e)]
+        return [_failed_row(cell, run_dir, kind, e, spec)]
 
 
 def attack_config(spec: Spec, attack: str) -> dict[str, Any]:
@@ -173,7 +206,9 @@ def run_spec(spec, out_dir, ray=None, progress: bool = True, report: bool = Fals
     results = out / RESULTS
     check_version(results)
     done = finished_cells(results)
-    todo = [c for c in expand(s) if c.id not in done]
+    cells = expand(s)
+    check_fingerprints(cells, s, done, results)
+    todo = [c for c in cells if c.id not in done]
     if ray:
         _run_ray(todo, s, out, results, ray, progress)
     else:
@@ -185,6 +220,27 @@ def run_spec(spec, out_dir, ray=None, progress: bool = True, report: bool = Fals
 
         write_report(results, out / "report.html")
     return results
+
+
+def check_fingerprints(cells: list[Cell], spec: Spec, done: dict[str, str | None], path) -> None:
+    """Refuse to resume when finished cells would now resolve to another configuration.
+
+    Raises:
+        GenUnlearnError: naming the stale cells and what to do instead.
+    """
+    from genunlearn.types import GenUnlearnError
+
+    stale = [
+        c.id for c in cells if done.get(c.id) is not None and done[c.id] != fingerprint(c, spec)
+    ]
+    if stale:
+        more = f" and {len(stale) - 5} more" if len(stale) > 5 else ""
+        raise GenUnlearnError(
+            f"{path} has finished cells that were run with another configuration than this spec "
+            f"now gives them (a preset, default, evaluation setting or attack changed): "
+            f"{', '.join(stale[:5])}{more}. Resuming would keep their old figures beside new "
+            "ones. Write to a new output directory, or move the old results.jsonl away"
+        )
 
 
 def _run_ray(todo, s, out, results, address, progress) -> None:
@@ -224,7 +280,7 @@ def _run_ray(todo, s, out, results, address, progress) -> None:
                 try:
                     rows = ray.get(ref)
                 except Exception as e:  # a worker that died still leaves a failed row
-                    rows = [_failed_row(cell, out / "runs" / cell.id, None, e)]
+                    rows = [_failed_row(cell, out / "runs" / cell.id, None, e, s)]
                 append_rows(results, rows)
                 bar.update(1)
         bar.close()

@@ -23,7 +23,7 @@ No horizontal flips (ToyCanvas arrows and moons are oriented).
 Toy preset and frontier (``bench/frontier.py --method concept_ablation --knob steps``, held-out
 concepts gradient and diamond, seed 0, lr 5e-4, batch 8, UA / IRA / CRA %): 100 steps
 100 / 90.0 / 100 and 100 / 92.4 / 97.6 (about 45 s); 200 steps 100 / 82.1 / 98.6 and
-100 / 86.8 / 93.1; 400 steps (gradient) 100 / 68.6 / 77.5. Erasure is complete from 100 steps on
+100 / 86.8 / 93.1; 400 steps 100 / 68.6 / 77.5 and 100 / 75.7 / 66.3. Erasure is complete from 100 steps on
 and every further step only costs retention, so the toy preset is 100 steps.
 """
 
