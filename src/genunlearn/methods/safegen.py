@@ -32,7 +32,20 @@ EMA, fp16 or lr warm-up (a 200-step warm-up in the script), which do not change 
 ``text_agnostic=False`` trains with the images' captions instead of the empty one — an ablation
 knob, not the paper's method.
 
-The ``toy`` preset is a first guess, not yet measured on toy-sd (UA / IRA / CRA unknown).
+Measured on toy-sd (toy preset: 300 steps, lr 1e-3, 8 px mosaic; ``bench/frontier.py --knob
+weight_mosaic``, held-out concepts gradient (style) and diamond (object), seed 0, UA / IRA / CRA
+%): weight_mosaic 0.1 -> 0.0 / 86.4 / 100 and 0.0 / 100 / 95.8; 0.5 -> 0.0 / 87.9 / 100 and
+0.0 / 99.3 / 95.8; 1.0 -> 0.0 / 89.3 / 99.6 on gradient. Protocol cells (seed 0): checkered 10%,
+cross 0%. SafeGen does not erase a prompted style or object on toy-sd at any mosaic weight, and
+the likely reason is its design rather than a setting (not verified by measuring the two CFG
+branches separately): it is text-agnostic, trained under the *empty* caption only, while a
+ToyCanvas concept is asked for by name. With classifier-free
+guidance the sample follows eps("") + w (eps(c) - eps("")); the edit moves eps("") on concept
+images towards the mosaic but leaves the conditional branch's pull towards the named concept, which
+guidance (w = 3) then amplifies. The paper's target, nudity, is a *visual* region reached by
+many unrelated prompts, where the self-attention edit is what the denoiser ends up following.
+``text_agnostic=False`` (train with the images' captions) is kept as an ablation knob; it turns
+SafeGen into a caption-conditioned fine-tune and is not used by any preset.
 """
 
 from __future__ import annotations

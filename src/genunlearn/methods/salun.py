@@ -34,8 +34,15 @@ does for NSFW; batches are drawn with replacement instead of epoch passes; c_pse
 ``task.anchor`` or the next concept of the target's kind in world order (the paper's "next
 class"), free-text targets relabel to ``task.anchor`` or "".
 
-Toy preset measured once on toy-sd (star, seed 0): UA / IRA / CRA = 100 / 99.3 / 89.2 %, erase 211 s
-on a heavily shared 2-core machine (incl. first-time image generation). Styles not yet measured.
+Toy preset and frontier (``bench/frontier.py --knob steps``, held-out concepts gradient (style) and
+diamond (object), seed 0, UA / IRA / CRA %): 60 steps 95 / 72.9 / 98.6 and 100 / 97.2 / 91.7;
+**120 steps (toy preset) 100 / 73.6 / 99.6 and 100 / 98.6 / 90.3** (about 1 min); 240 steps
+95 / 75.0 / 98.6 and 100 / 99.3 / 89.2. Erasure is complete by 60 steps and more steps change
+little; what fails is IRA on the style: erasing gradient (relabelled to outlined) makes checkered
+images read as gradient (12 of 20) and flat ones as noisy (10 of 20), at every step count, so
+the concept's identity leaks onto its neighbours in the shared cross-attention. Protocol cells
+(seed 0): checkered 100 / 83.6 / 98.9, noisy 60.0 / 80.7 / 98.9, cross 100 / 96.5 / 91.0, moon
+93.8 / 96.5 / 86.1. Objects meet the issue's bar, styles do not yet.
 """
 
 from __future__ import annotations
