@@ -35,7 +35,7 @@ knob, not the paper's method.
 Measured on toy-sd (toy preset: 300 steps, lr 1e-3, 8 px mosaic; ``bench/frontier.py --knob
 weight_mosaic``, held-out concepts gradient (style) and diamond (object), seed 0, UA / IRA / CRA
 %): weight_mosaic 0.1 -> 0.0 / 86.4 / 100 and 0.0 / 100 / 95.8; 0.5 -> 0.0 / 87.9 / 100 and
-0.0 / 99.3 / 95.8; 1.0 -> 0.0 / 89.3 / 99.6 on gradient. Protocol cells (seed 0): checkered 10%,
+0.0 / 99.3 / 95.8; 1.0 -> 0.0 / 89.3 / 99.6 and 0.0 / 99.3 / 95.5. Protocol cells (seed 0): checkered 10%,
 cross 0%. SafeGen does not erase a prompted style or object on toy-sd at any mosaic weight, and
 the likely reason is its design rather than a setting (not verified by measuring the two CFG
 branches separately): it is text-agnostic, trained under the *empty* caption only, while a
