@@ -36,6 +36,8 @@ grid prompt; UA / IRA / CRA %, mean of the two concepts):
 - phrase prompt, lr 1e-3: eta 1 63 / 82 / 97; eta 2 57 / 78 / 97; eta 4 81 / 57 / 95
 - captions, eta 1: lr 1e-4 **100 / 92 / 94** (the toy preset, ~160 s on one core);
   lr 3e-4 100 / 60 / 57; lr 1e-3 100 / 56 / 17
+- held-out style gradient (captions, eta 1; the diamond half of this sweep was not run): lr 5e-5
+  90 / 93 / 100; lr 1e-4 100 / 89 / 99
 
 i.e. the toy world reproduces ESD's published erasure-versus-retention trade-off: past the
 frontier's knee, retention collapses while UA is already saturated.
