@@ -109,10 +109,8 @@ def _warn_unknown_text(model, text: str) -> None:
     pieces = tok.tokenize(text)
     world = getattr(model, "world", None)
     if world is not None:
-        forms = " ".join([world.template, *(world.phrases or {}).values()])
-        vocab = set(re.findall(r"[a-z]+", re.sub(r"\{[^}]*\}", " ", forms).lower()))
-        vocab |= {w for names in world.heads.values() for n in names for w in n.lower().split()}
-        known = [w for w in re.findall(r"[a-z]+", text.lower()) if w in vocab - {"a", "in"}]
+        vocab = world.words() - {"a", "in"}
+        known = [w for w in re.findall(r"[a-z]+", text.lower()) if w in vocab]
     else:
         known = [p for p in pieces if p != tok.unk_token]
     if not known:

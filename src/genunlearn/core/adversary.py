@@ -45,7 +45,7 @@ def word_tokens(model) -> torch.Tensor:
 
 
 def world_tokens(model) -> torch.Tensor:
-    """The :func:`word_tokens` that occur in the captions and concept prompts of the model's world.
+    """The :func:`word_tokens` of the words the model's world uses (``World.words``).
 
     A testbed's text encoder has only learnt these words (its other vocabulary rows keep their
     random initialisation), so a search over them is a search over what the model can read.
@@ -55,9 +55,7 @@ def world_tokens(model) -> torch.Tensor:
         raise GenUnlearnError(
             "the 'world' vocabulary needs a model with a labelled world (a testbed); use 'words'"
         )
-    texts = [world.caption(lab) for lab in world.grid()]
-    texts += [world.prompt(c.name) for c in world.concepts()]
-    seen = {i for t in texts for i in text_ids(model, t)}
+    seen = {i for w in world.words() for i in text_ids(model, w)}
     return torch.tensor([i for i in _word_tokens(model.tokenizer) if i in seen], dtype=torch.long)
 
 

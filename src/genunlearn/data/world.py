@@ -8,6 +8,7 @@ resolution (is "star" a concept? of which kind?) and the UnlearnCanvas-style pro
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -124,6 +125,13 @@ class World:
                 labels[k] = self.heads[k][pos % len(self.heads[k])]
             out.append(labels)
         return out
+
+    def words(self) -> set[str]:
+        """Every word the world's prompts use: its grid captions and its concept prompts (the
+        whole vocabulary a testbed's text encoder was trained on), lower-case."""
+        texts = [self.caption(lab) for lab in self.grid()]
+        texts += [self.prompt(c.name) for c in self.concepts()]
+        return {w for t in texts for w in re.findall(r"[a-z]+", t.lower())}
 
     def split(self, targets: list[str]) -> tuple[list[dict], list[dict]]:
         """Grid prompts containing any target, and those containing none (retain prompts)."""
