@@ -76,3 +76,14 @@ def test_ewc_holds_weights_near_the_original(tiny_model):
         return sum(float((v - base[n]).pow(2).sum()) for n, v in run.result.changed.items())
 
     assert drift(1e8) < 0.5 * drift(0.0)
+
+
+def test_surrogate_is_the_generic_concept_of_the_kind_unless_asked_otherwise(tiny_model):
+    import pytest
+
+    run = gu.erase(tiny_model, "selective_amnesia", "striped", preset="smoke", seed=0)
+    assert all("flat style" in p for p in run.result.info["surrogate_prompts"])
+    run = gu.erase(tiny_model, "selective_amnesia", "striped", preset="smoke", surrogate="next")
+    assert all("dotted style" in p for p in run.result.info["surrogate_prompts"])
+    with pytest.raises(gu.GenUnlearnError, match="surrogate must be one of neutral, next"):
+        gu.erase(tiny_model, "selective_amnesia", "striped", preset="smoke", surrogate="far")

@@ -52,3 +52,27 @@ def test_max_prompts_spreads_evenly():
     forget, relabel, remain = caption_sets(TOY, ErasureTask("red"), max_prompts=10)
     assert len(forget) == len(relabel) == len(remain) == 10
     assert len({c.split()[2] for c in forget}) > 3  # several objects, not the first ten rows
+
+
+def test_neutral_relabels_to_the_worlds_generic_concept_where_its_kind_has_one():
+    world = TOY.world
+    # ToyCanvas: the untextured style is the generic one; objects and colours have none
+    assert world.neutral == {"style": "flat"}
+    assert relabel_concept(world, "noisy", neutral=True) == "flat"
+    assert relabel_concept(world, "noisy") == "wavy"  # the next style, without neutral
+    assert relabel_concept(world, "flat", neutral=True) == relabel_concept(world, "flat")
+    assert relabel_concept(world, "star", neutral=True) == relabel_concept(world, "star")
+    assert relabel_concept(world, "noisy", anchor="dotted", neutral=True) == "dotted"
+    _, relabel, _ = caption_sets(TOY, ErasureTask("checkered"), neutral=True)
+    assert all("flat style" in r and "checkered" not in r for r in relabel)
+
+
+def test_a_loaded_world_keeps_its_neutral_concepts(tmp_path):
+    import json
+
+    spec = {"name": "mine", "heads": {"class": ["a", "b", "c"]}, "template": "a {class}"}
+    (tmp_path / "w.json").write_text(json.dumps(spec | {"neutral": {"class": "c"}}))
+    world = World.load(tmp_path / "w.json")
+    assert relabel_concept(world, "a", neutral=True) == "c"
+    (tmp_path / "w.json").write_text(json.dumps(spec))
+    assert relabel_concept(World.load(tmp_path / "w.json"), "a", neutral=True) == "b"

@@ -69,9 +69,11 @@ def is_world_concept(model, name: str) -> bool:
     return world is not None and world.kind_of(name) is not None
 
 
-def relabel_concept(world, target: str, anchor: str | None = None) -> str:
+def relabel_concept(world, target: str, anchor: str | None = None, neutral: bool = False) -> str:
     """The concept a world target is relabelled to: ``anchor`` if given (same kind, not the
-    target), else the next concept of the target's kind in world order (SalUn's "next class")."""
+    target); else, with ``neutral``, the world's generic concept of that kind (``World.neutral``,
+    if it has one and it is not the target); else the next concept of the target's kind in world
+    order (SalUn's "next class")."""
     kind = world.concept(target).kind
     valid = ", ".join(c for c in world.heads[kind] if c != target)
     if anchor is not None:
@@ -83,6 +85,9 @@ def relabel_concept(world, target: str, anchor: str | None = None) -> str:
         if anchor == target:
             raise GenUnlearnError(f"anchor and target are both {target!r}; pick one of {valid}")
         return anchor
+    generic = (world.neutral or {}).get(kind) if neutral else None
+    if generic is not None and generic != target:
+        return generic
     names = world.heads[kind]
     if len(names) < 2:
         raise GenUnlearnError(f"the world has no other {kind} to relabel {target!r} to")
@@ -97,7 +102,9 @@ def _spread(items: list, n: int) -> list:
     return [items[int(i * step)] for i in range(n)]
 
 
-def caption_sets(model, task, max_prompts: int = 400) -> tuple[list[str], list[str], list[str]]:
+def caption_sets(
+    model, task, max_prompts: int = 400, neutral: bool = False
+) -> tuple[list[str], list[str], list[str]]:
     """(forget captions, relabel captions aligned with them, remain captions).
 
     Args:
@@ -105,6 +112,8 @@ def caption_sets(model, task, max_prompts: int = 400) -> tuple[list[str], list[s
         task: the erasure task (``anchor`` picks the relabel concept, ``retain`` the remain set:
             world concepts select the captions that contain them, free text is used as given).
         max_prompts: at most this many forget and remain captions each.
+        neutral: relabel to the world's generic concept of the kind when there is one
+            (:func:`relabel_concept`).
     """
     world = _world(model)
     targets = list(task.targets)
@@ -112,7 +121,7 @@ def caption_sets(model, task, max_prompts: int = 400) -> tuple[list[str], list[s
         relabel = task.anchor or ""
         remain = list(task.retain) if task.retain else [relabel]
         return targets, [relabel] * len(targets), remain
-    swap = {t: relabel_concept(world, t, task.anchor) for t in targets}
+    swap = {t: relabel_concept(world, t, task.anchor, neutral) for t in targets}
     kinds = list(world.heads)
     labels = [dict(zip(kinds, c, strict=True)) for c in product(*world.heads.values())]
     has = [lab for lab in labels if any(v in targets for v in lab.values())]

@@ -16,6 +16,8 @@ from pathlib import Path
 from genunlearn.registry import unknown_name_message
 from genunlearn.types import Concept, GenUnlearnError
 
+# the generic concept of a kind, where ToyCanvas has one: the untextured style
+TOYCANVAS_NEUTRAL = {"style": "flat"}
 # the partial-caption forms toy-sd was trained on (models/toy.py) that name one attribute
 TOYCANVAS_PHRASES = {
     "object": "a {object}",
@@ -38,12 +40,17 @@ class World:
             encoder trained from scratch does not generalise to prompt forms it never saw
             (the bare words "striped style" move toy-sd's prediction ~20x less than
             "a shape in striped style").
+        neutral: kind -> the plain, generic concept of that kind where the world has one
+            (ToyCanvas: the untextured "flat" style; objects and colours have none). Methods whose
+            paper maps a concept onto a generic surrogate rather than a sibling (Selective
+            Amnesia's "a middle aged man" for a celebrity) relabel to it.
     """
 
     name: str
     heads: dict[str, tuple[str, ...]]
     template: str
     phrases: dict[str, str] | None = None
+    neutral: dict[str, str] | None = None
 
     @classmethod
     def toycanvas(cls) -> World:
@@ -54,17 +61,21 @@ class World:
             dict(toycanvas.KINDS),
             "a {colour} {object} in {style} style",
             dict(TOYCANVAS_PHRASES),
+            dict(TOYCANVAS_NEUTRAL),
         )
 
     @classmethod
     def load(cls, path: str | Path) -> World:
         d = json.loads(Path(path).read_text())
-        phrases = d.get("phrases") or (TOYCANVAS_PHRASES if d["name"] == "toycanvas" else None)
+        toy = d["name"] == "toycanvas"
+        phrases = d.get("phrases") or (TOYCANVAS_PHRASES if toy else None)
+        neutral = d.get("neutral") or (TOYCANVAS_NEUTRAL if toy else None)
         return cls(
             d["name"],
             {k: tuple(v) for k, v in d["heads"].items()},
             d["template"],
             dict(phrases) if phrases else None,
+            dict(neutral) if neutral else None,
         )
 
     def concepts(self, kind: str | None = None) -> list[Concept]:

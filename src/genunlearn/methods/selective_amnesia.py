@@ -18,9 +18,13 @@ its diffusion loss summed over all timesteps, squared, averaged over samples
 image cache (``core.cache.cache_dir()``).
 
 Symbols: lambda = ``lam``; gamma = ``gamma``; q = images the original model generates from the
-forget captions with the target swapped for the surrogate concept (``task.anchor`` or the next
-concept of the target's kind), captioned with the forget captions; GR = images of remain
-captions (``core.forget_sets``).
+forget captions with the target swapped for the surrogate concept, captioned with the forget
+captions; GR = images of remain captions (``core.concept_sets``). The surrogate concept is
+``task.anchor`` if given; else, with ``surrogate="neutral"`` (default), the world's generic
+concept of the target's kind (``World.neutral``: ToyCanvas's untextured "flat" style), as the
+paper's surrogates are generic versions of the forgotten concept ("a middle aged man" for a
+celebrity, "a person wearing clothes" for nudity), not a sibling; where the kind has no generic
+concept (ToyCanvas objects), or ``surrogate="next"``, the next concept of the kind.
 
 Paper defaults (SD-1.4, Brad Pitt config): full UNet, lambda 50, gamma 1, AdamW, base lr 1e-5
 scaled by the CompVis trainer to 1.6e-4 for batch 4 x 4 GPUs, 200 epochs over 1000 surrogate
@@ -65,7 +69,9 @@ from genunlearn.core.concept_sets import recaption as _recaption
 from genunlearn.core.finetune import finetune
 from genunlearn.core.params import trainable
 from genunlearn.registry import register_method
-from genunlearn.types import Capability, ErasureResult
+from genunlearn.types import Capability, ErasureResult, GenUnlearnError
+
+SURROGATES = ("neutral", "next")
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,8 @@ class SelectiveAmnesiaConfig:
         n_fisher_samples: replay images the Fisher is averaged over.
         fisher_timesteps: timesteps the per-sample gradient sums over (T = all).
         fisher_chunk: timesteps per backward pass while computing the Fisher.
+        surrogate: "neutral" (the world's generic concept of the target's kind, else the next
+            one) or "next" (always the next concept of the kind); ``task.anchor`` overrides both.
         progress: show progress bars.
     """
 
@@ -102,6 +110,7 @@ class SelectiveAmnesiaConfig:
     n_fisher_samples: int = 5000
     fisher_timesteps: int = 1000
     fisher_chunk: int = 50
+    surrogate: str = "neutral"
     progress: bool = True
 
 
@@ -219,7 +228,12 @@ def ewc_penalty(params, fisher, theta_star) -> torch.Tensor:
 )
 def erase(model, task, cfg: SelectiveAmnesiaConfig) -> ErasureResult:
     """Re-teach the forget captions on surrogate images, with replay and EWC."""
-    forget_p, surrogate_p, remain_p = caption_sets(model, task)
+    if cfg.surrogate not in SURROGATES:
+        raise GenUnlearnError(
+            f"selective_amnesia surrogate must be one of {', '.join(SURROGATES)}, "
+            f"got {cfg.surrogate!r}"
+        )
+    forget_p, surrogate_p, remain_p = caption_sets(model, task, neutral=cfg.surrogate == "neutral")
     # surrogate images: generated from the swapped captions, trained with the forget captions
     q = generate_latents(model, surrogate_p, cfg.n_surrogate_images)
     q = _recaption(model, q, surrogate_p, forget_p)
@@ -244,7 +258,7 @@ def erase(model, task, cfg: SelectiveAmnesiaConfig) -> ErasureResult:
     f_all = torch.cat([f.reshape(-1) for f in fisher.values()])
     return ErasureResult(
         info={
-            "surrogate_prompts": q.prompts[:3],
+            "surrogate_prompts": surrogate_p[:3],
             "fisher_mean": float(f_all.mean()), "fisher_max": float(f_all.max()),
             "fisher_samples": min(cfg.n_fisher_samples, len(replay)),
             "ewc": parts["ewc"][:: max(1, len(parts["ewc"]) // 50)],
