@@ -18,6 +18,7 @@ from genunlearn.api import (
     load_evaluator,
     load_model,
     load_run,
+    resolve_config,
     run_benchmark,
 )
 from genunlearn.registry import register_attack, register_method, register_metric
@@ -54,5 +55,6 @@ __all__ = [
     "register_attack",
     "register_method",
     "register_metric",
+    "resolve_config",
     "run_benchmark",
 ]

@@ -125,6 +125,27 @@ def _preset(model, preset: str | None) -> str:
     return preset or ("toy" if getattr(model, "world", None) is not None else "paper")
 
 
+def resolve_config(
+    model, kind: str, name: str, preset: str | None = None, config=None, **overrides
+):
+    """The configuration a method or attack would run with on ``model``.
+
+    Layers, last wins: the config class's paper defaults, the preset ("toy" on a model with a
+    world, else "paper"), ``config`` (a YAML file or dict), ``overrides``. ``erase`` and
+    ``attack`` resolve their configuration through this; the benchmark fingerprints it.
+
+    Args:
+        model: an adapter (its world decides the default preset).
+        kind: "method" or "attack".
+        name: the registry name.
+
+    Raises:
+        GenUnlearnError: unknown name, preset or config key (naming the valid ones).
+    """
+    entry = registry.get(kind, name)
+    return _entry_config(entry, _preset(model, preset), config, overrides)
+
+
 def _entry_config(entry, preset: str, config, overrides: dict[str, Any]):
     if preset not in entry.presets:
         raise GenUnlearnError(
@@ -190,7 +211,7 @@ def erase(
     model = _as_model(model)
     task = resolve_task(model, task, check_text=Needs.DETECTOR not in entry.needs)
     preset = _preset(model, preset)
-    cfg = _entry_config(entry, preset, config, overrides)
+    cfg = resolve_config(model, "method", method, preset, config, **overrides)
     _check_requires(entry, model)
     d = runs.prepare_dir(out_dir, overwrite) if out_dir is not None else None
     work = model.copy()
@@ -293,7 +314,7 @@ def attack(
     entry = registry.get("attack", name)
     model = _as_model(model)
     task = resolve_task(model, task)
-    cfg = _entry_config(entry, _preset(model, preset), config, overrides)
+    cfg = resolve_config(model, "attack", name, preset, config, **overrides)
     _check_requires(entry, model)
     torch.manual_seed(getattr(cfg, "seed", 0))
     return entry.fn(model, task, cfg, original=original)

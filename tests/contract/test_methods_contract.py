@@ -91,3 +91,19 @@ def test_unknown_method_and_bad_override_are_clear_errors(tiny_model):
         gu.erase(tiny_model, "negative_prompt", "star", txt="x")
     with pytest.raises(gu.GenUnlearnError, match="Did you mean 'star'"):
         gu.erase(tiny_model, "original", "strar")
+
+
+def test_resolve_config_layers_defaults_preset_file_and_overrides(tiny_model, tmp_path):
+    entry = registry.get("method", "esd")
+    paper = gu.resolve_config(tiny_model, "method", "esd", preset="paper")
+    assert paper == entry.config()  # the paper preset is the config class's defaults
+    toy = gu.resolve_config(tiny_model, "method", "esd")  # a model with a world: toy preset
+    for key, value in entry.presets["toy"].items():
+        assert getattr(toy, key) == value
+    (tmp_path / "c.yaml").write_text("lr: 0.5\nsteps: 7\n")
+    cfg = gu.resolve_config(tiny_model, "method", "esd", config=tmp_path / "c.yaml", steps=3)
+    assert (cfg.lr, cfg.steps) == (0.5, 3)  # file over preset, keyword over file
+    with pytest.raises(gu.GenUnlearnError, match="has no preset 'fast'; presets: .*toy"):
+        gu.resolve_config(tiny_model, "method", "esd", preset="fast")
+    with pytest.raises(gu.GenUnlearnError, match="Did you mean 'esd'"):
+        gu.resolve_config(tiny_model, "method", "edd")

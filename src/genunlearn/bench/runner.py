@@ -43,12 +43,10 @@ def fingerprint(cell: Cell, spec: Spec) -> str:
     from genunlearn import api, registry
 
     model = _model(cell.model)
-    entry = registry.get("method", cell.method.name)
-    cfg = api._entry_config(
-        entry, api._preset(model, cell.method.preset), None, dict(cell.method.overrides)
-    )
+    m = cell.method
+    cfg = api.resolve_config(model, "method", m.name, m.preset, **dict(m.overrides))
     what = {
-        "method": [entry.name, dataclasses.asdict(cfg)],
+        "method": [registry.get("method", m.name).name, dataclasses.asdict(cfg)],
         "eval": spec.eval,
         "attacks": {a: attack_config(spec, a) for a in spec.attacks},
         "sequence": list(cell.sequence),
