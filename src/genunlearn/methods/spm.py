@@ -142,7 +142,7 @@ def sample_anchors(target: torch.Tensor, n: int, g: torch.Generator) -> torch.Te
         "toy": {
             "steps": 300,
             "lr": 2e-3,
-            "ddim_steps": 25,
+            "ddim_steps": 10,
             "batch_size": 2,
             "use_template": True,
         },
