@@ -33,6 +33,11 @@ would do as well in half the time; the preset stays at 200 because the protocol 
 measured there (seed 0: checkered 100 / 96.4 / 99.6, cross 100 / 99.3 / 99.0; star 100 / 91.7 /
 97.6). Keeping the unconditional prediction fixed is what keeps the other styles: All-but-One is
 the only relabelling method here whose IRA on gradient stays above 85%.
+
+Protocol (``configs/bench/finetune.yaml``: 6 concepts x seeds 0 and 1, 12 cells, toy preset, UA /
+IRA / CRA %): **95.4 / 94.8 / 99.2**; per concept (mean of the seeds) checkered 100 / 96 / 100,
+noisy 72 / 94 / 100, wavy 100 / 94 / 100, cross 100 / 99 / 99, moon 100 / 88 / 99, arrow 100 / 99 /
+98; 45-133 s per erase on a shared CPU.
 """
 
 from __future__ import annotations

@@ -36,6 +36,12 @@ the concept prompt is retaught to draw the same style without its object (on gra
 kind's accuracy on the target prompts falls to 20-33% while the style stays recognisable at every
 learning rate). The published method targets objects and NSFW content, where layout carries the
 concept; it is not tuned into a different method here.
+
+Protocol (``configs/bench/finetune.yaml``: 6 concepts x seeds 0 and 1, 12 cells, toy preset, UA /
+IRA / CRA %): **61.0 / 91.6 / 94.3**; per concept (mean of the seeds) checkered 50 / 85 / 99, noisy
+10 / 79 / 100, wavy 100 / 86 / 100, cross 28 / 100 / 90, moon 88 / 100 / 89, arrow 91 / 100 / 88;
+54-163 s per erase on a shared CPU. Below the 80% UA bar: styles resist by construction, and only
+some objects go at this budget.
 """
 
 from __future__ import annotations

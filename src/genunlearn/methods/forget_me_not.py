@@ -45,6 +45,12 @@ cells, seed 0: checkered 50 / 7.1 / 16.8, cross 62.5 / 48.6 / 53.8). There is no
 before the first erased image appears. FMN does not reach the 80% UA bar with usable retention
 on toy-sd; the preset is the only setting that erases at all, kept so the benchmark shows the
 failure rather than a no-op.
+
+Protocol (``configs/bench/finetune.yaml``: 6 concepts x seeds 0 and 1, 12 cells, toy preset, UA /
+IRA / CRA %): **85.7 / 36.7 / 37.9**; per concept (mean of the seeds) checkered 68 / 10 / 20, noisy
+100 / 14 / 24, wavy 100 / 32 / 52, cross 72 / 52 / 56, moon 91 / 78 / 49, arrow 84 / 34 / 28; 14-44
+s per erase on a shared CPU. The UA comes with the collapse the frontier shows (IRA and CRA
+37-40%): not an erasure.
 """
 
 from __future__ import annotations

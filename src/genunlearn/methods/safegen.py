@@ -46,6 +46,11 @@ guidance (w = 3) then amplifies. The paper's target, nudity, is a *visual* regio
 many unrelated prompts, where the self-attention edit is what the denoiser ends up following.
 ``text_agnostic=False`` (train with the images' captions) is kept as an ablation knob; it turns
 SafeGen into a caption-conditioned fine-tune and is not used by any preset.
+
+Protocol (``configs/bench/finetune.yaml``: 6 concepts x seeds 0 and 1, 12 cells, toy preset, UA /
+IRA / CRA %): **9.1 / 97.4 / 98.6**; per concept (mean of the seeds) checkered 10 / 96 / 100, noisy
+8 / 92 / 100, wavy 28 / 97 / 100, cross 9 / 100 / 98, moon 0 / 100 / 97, arrow 0 / 100 / 97; 59-153
+s per erase on a shared CPU. Below the 80% UA bar: text-agnostic by design (see above).
 """
 
 from __future__ import annotations
