@@ -45,16 +45,17 @@ learning rate and uses those world templates.
 
 Measured on toy-sd (toy preset: 300 steps, lr 2e-3, trajectories from a 10-step DDIM schedule;
 ``configs/bench/closed_form.yaml`` concepts, UA / IRA / CRA %, 2 images per grid prompt): every
-style is erased, flat 100 / 98 / 100, striped 100 / 88 / 100, dotted 100 / 93 / 100, wavy
-100 / 97 / 100 (seeds 0 and 1); objects triangle 100 / 100 / 98 and heart 97 / 100 / 98 (seeds
-0 and 1), but square UA 88 / 56% (seeds 0 / 1) and circle UA 25 / 0%: the plainest shapes resist,
-as they do MACE (circle 69%) and SepME. Over the 16 cells: 85.2 / 97.0 / 99.1, below the 90% UA
-bar because of circle and square. Why: the templated neutral is the caption *without* the target
-word, and toy-sd draws exactly those shapes for it ("a blue in striped style": circle in 14 of 16
-images; "a red in flat style": square 10, circle 5), so erasing circle towards it changes nothing
-(after erasure all 16 circle-prompt images still read as circle). Using the world's placeholder
-word ("a red shape": a spread of shapes) as the neutral is the next thing to try. A 25-step schedule (the preset before) took 296 s for heart
-against 150-420 s now on a shared CPU; lr 4e-3 for 150 steps did not erase heart at all.
+style is erased, flat 100 / 98 / 100, striped 100 / 88 / 100, dotted 100 / 93 / 100, wavy 100 / 97
+/ 100 (seeds 0 and 1); objects triangle 100 / 100 / 98 and heart 97 / 100 / 98 (seeds 0 and 1), but
+square UA 88 / 56% (seeds 0 / 1) and circle UA 25 / 0%: the plainest shapes resist, as they do MACE
+(circle 69%) and SepME. Over the 16 cells: 85.2 / 97.0 / 99.1, below the 90% UA bar because of
+circle and square. Why: the templated neutral is the caption *without* the target word, and toy-sd
+draws exactly those shapes for it ("a blue in striped style": circle in 14 of 16 images; "a red in
+flat style": square 10, circle 5), so erasing circle towards it changes nothing (after erasure all
+16 circle-prompt images still read as circle). Using the world's placeholder word ("a red shape": a
+spread of shapes) as the neutral is the next thing to try. A 25-step schedule (the preset before)
+took 296 s for heart against 150-420 s now on a shared CPU; lr 4e-3 for 150 steps did not erase
+heart at all.
 """
 
 from __future__ import annotations
