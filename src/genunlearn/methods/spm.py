@@ -49,13 +49,13 @@ style is erased, flat 100 / 98 / 100, striped 100 / 88 / 100, dotted 100 / 93 / 
 / 100 (seeds 0 and 1); objects triangle 100 / 100 / 98 and heart 97 / 100 / 98 (seeds 0 and 1), but
 square UA 88 / 56% (seeds 0 / 1) and circle UA 25 / 0%: the plainest shapes resist, as they do MACE
 (circle 69%) and SepME. Over the 16 cells: 85.2 / 97.0 / 99.1, below the 90% UA bar because of
-circle and square. Why: the templated neutral is the caption *without* the target word, and toy-sd
-draws exactly those shapes for it ("a blue in striped style": circle in 14 of 16 images; "a red in
-flat style": square 10, circle 5), so erasing circle towards it changes nothing (after erasure all
-16 circle-prompt images still read as circle). Using the world's placeholder word ("a red shape": a
-spread of shapes) as the neutral is the next thing to try. A 25-step schedule (the preset before)
-took 296 s for heart against 150-420 s now on a shared CPU; lr 4e-3 for 150 steps did not erase
-heart at all.
+circle and square. A lead, not the cause: the templated neutral is the caption *without* the target
+word, and toy-sd draws exactly those shapes for it ("a blue in striped style": circle in 14 of 16
+images; "a red in flat style": square 10, circle 5), and after erasure all 16 circle-prompt images
+still read as circle; but a neutral with the placeholder word instead ("a red shape in flat style",
+which draws a spread of shapes; probe, seed 1) erased no better: circle UA 6%, square 0%. A 25-step
+schedule (the preset before) took 296 s for heart against 150-420 s now on a shared CPU; lr 4e-3
+for 150 steps did not erase heart at all.
 """
 
 from __future__ import annotations
