@@ -52,10 +52,10 @@ square UA 88 / 56% (seeds 0 / 1) and circle UA 25 / 0%: the plainest shapes resi
 circle and square. A lead, not the cause: the templated neutral is the caption *without* the target
 word, and toy-sd draws exactly those shapes for it ("a blue in striped style": circle in 14 of 16
 images; "a red in flat style": square 10, circle 5), and after erasure all 16 circle-prompt images
-still read as circle; but a neutral with the placeholder word instead ("a red shape in flat style",
-which draws a spread of shapes; probe, seed 1) erased no better: circle UA 6%, square 0%. A 25-step
-schedule (the preset before) took 296 s for heart against 150-420 s now on a shared CPU; lr 4e-3
-for 150 steps did not erase heart at all.
+still read as circle; but a neutral with the placeholder word instead ("a red shape in flat style";
+toy-sd draws a spread of shapes for "a red shape"; probe, seed 1) erased no better: circle UA 6%,
+square 0%. A 25-step schedule (the preset before) took 296 s for heart against 150-420 s now on a
+shared CPU; lr 4e-3 for 150 steps did not erase heart at all.
 """
 
 from __future__ import annotations
