@@ -40,13 +40,13 @@ def fingerprint(cell: Cell, spec: Spec) -> str:
     import hashlib
     import json
 
-    from genunlearn import api, registry
+    from genunlearn import api
 
     model = _model(cell.model)
     m = cell.method
     cfg = api.resolve_config(model, "method", m.name, m.preset, **dict(m.overrides))
     what = {
-        "method": [registry.get("method", m.name).name, dataclasses.asdict(cfg)],
+        "method": [m.name, dataclasses.asdict(cfg)],  # resolve_config checked the name
         "eval": spec.eval,
         "attacks": {a: attack_config(spec, a) for a in spec.attacks},
         "sequence": list(cell.sequence),
