@@ -84,3 +84,19 @@ def test_fraction_out_of_range_is_a_clear_error(tiny_model):
         gu.erase(tiny_model, "concept_prune", "star", preset="smoke", skill_ratio=1.5)
     with pytest.raises(gu.GenUnlearnError, match=r"max_fraction must be in \(0, 1\]"):
         gu.erase(tiny_model, "concept_prune", "star", preset="smoke", max_fraction=0)
+
+
+def test_hook_module_selects_the_pruned_layers(tiny_model):
+    run = gu.erase(
+        tiny_model, "concept_prune", "star", preset="smoke", hook_module="attn_val",
+        skill_ratio=0.2, max_fraction=0.2,
+    )  # fmt: skip
+    values = {f"unet.{n}.weight" for n in ffn_layers(tiny_model, "attn_val")}
+    assert values and all(n.endswith("attn2.to_v.weight") for n in values)
+    assert run.result.changed and set(run.result.changed) <= values
+    assert all((w == 0).any() for w in run.result.changed.values())
+
+
+def test_unknown_hook_module_names_the_valid_ones(tiny_model):
+    with pytest.raises(gu.GenUnlearnError, match="attn_val"):
+        gu.erase(tiny_model, "concept_prune", "star", preset="smoke", hook_module="ffn3")
