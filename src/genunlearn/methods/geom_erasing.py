@@ -55,6 +55,20 @@ fidelity per setting (seed 0 / seed 1):
 - 600 images, 400 steps, lr 3e-4: drop 75.7% (seed 0), fidelity 0.86;
 - 400 images, 300 steps, lr 3e-4, caption_dropout 0.3: drop 68.9% / 59.5%, fidelity 0.89.
 
+Further settings tried on top of the ``toy`` preset (session 7; drop, seed 0 / seed 1):
+
+- detector threshold 0.15 instead of 0.5: 171 training images marked instead of 165, drop
+  77.0% / 50.0%, so the detector missing faint marks is not the cause;
+- caption_dropout 0.5: seed 1 58.1% (fidelity 0.89), the best seed-1 figure;
+- 800 steps at lr 1e-4: seed 1 33.8%; UNet + text encoder trained together: seed 1 31.1%;
+- training on the concept-carrying dataset itself (the watermark variant's own training
+  distribution: ToyCanvas renders stamped as its recipe stamps them, as the paper fine-tunes on
+  its ICD) instead of the model's generations: seed 1 27.1%, and the fine-tuned model alone
+  hardly moves (46.3% -> 43.1%): clean renders are far from what the variant generates, so the
+  fine-tune teaches it little about its own outputs;
+- other negative prompts on one fine-tuned model (seed 1): all four cells (the method's) 50.1%,
+  "logo" 13.6%, "logo bottom left" 39.3%, "logo top left logo bottom left" 47.4%.
+
 The tokens alone as a negative prompt without the fine-tuning remove 2.7%; the fine-tuning moves
 the watermark off the plain captions and onto the tokens, and the negative prompt removes about
 as much again. Style accuracy pays most (0.89 -> 0.71-0.77). The seed-to-seed spread (50-80%)
