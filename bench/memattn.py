@@ -7,16 +7,23 @@ Prints, for a variant made by ``genunlearn testbed memorize`` (or ``--make DIR``
   (same content, no tag); per mode (E per layer and over all layers, D), from one sampling run;
 - **nearest-neighbour distance** (pixel RMSE in [0, 1], and evaluator-feature L2) of generations
   to the memorized training images, for memorized prompts without and with MemAttn, and for
-  the plain captions as the not-memorized reference; plus the share of near-copies (pixel RMSE
-  below ``--copy-rmse``);
+  the plain captions and tagged controls as not-memorized references; plus the share of
+  near-copies (pixel RMSE below ``--copy-rmse``), the RMSE to the prompt's *own* training image
+  and, for the "mark" design, the RMSE inside the mark's disc (the feature only memorization
+  can produce; ~0 when reproduced);
 - **prompt fidelity**: evaluator accuracy (object / style / colour and their mean) of
-  generations for ordinary prompts (the world's grid prompts) without and with MemAttn, and of
-  the memorized prompts' content with MemAttn.
+  generations for ordinary prompts (the world's grid prompts) and of the memorized prompts'
+  content, without and with MemAttn.
+
+``--c1`` takes several values and ``--mask on|off|both`` overrides the preset's padding mask:
+the copy and fidelity tables then get one row per setting (detection runs once: it reads the
+unmitigated attention).
 
 Usage::
 
-    genunlearn testbed memorize --out /tmp/toy-mem          # ~10 min on one CPU thread
+    genunlearn testbed memorize --out /tmp/toy-mem          # ~8 min on one CPU thread
     python bench/memattn.py --model /tmp/toy-mem --n 4
+    python bench/memattn.py --model /tmp/toy-mem --c1 1.25 2 4 --mask both
 """
 
 from __future__ import annotations
@@ -46,6 +53,22 @@ def nn_distances(images, refs, evaluator):
     return rmse, feat
 
 
+def own_distances(images, refs, n, marks):
+    """Per image (prompt-major, ``n`` per prompt): RMSE to its own prompt's reference image, and
+    RMSE inside that image's mark disc (NaN without marks)."""
+    own = refs.repeat_interleave(n, 0)
+    rmse = (images - own).pow(2).mean(dim=(1, 2, 3)).sqrt()
+    if not all(marks):
+        return rmse, torch.full_like(rmse, float("nan"))
+    yy, xx = torch.meshgrid(torch.arange(32) + 0.5, torch.arange(32) + 0.5, indexing="ij")
+    discs = torch.stack(
+        [((yy - m["centre"][0]).hypot(xx - m["centre"][1]) <= m["radius"] - 0.5) for m in marks]
+    ).repeat_interleave(n, 0)  # [rows, 32, 32]: the mark's fully covered pixels
+    err = (images - own).pow(2).mean(1)  # [rows, 32, 32]
+    mark = ((err * discs).sum(dim=(1, 2)) / discs.sum(dim=(1, 2))).sqrt()
+    return rmse, mark
+
+
 def fidelity(model, prompts_labels, n, seed):
     """Evaluator accuracy per attribute of ``n`` generations per (prompt, labels)."""
     prompts = [p for p, _ in prompts_labels]
@@ -65,9 +88,14 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=4, help="generations (seeds) per prompt")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--preset", default="toy", help="memattn preset (toy | paper)")
-    ap.add_argument("--c1", type=float, default=None, help="override the preset's c1")
+    ap.add_argument("--c1", type=float, nargs="+", default=None, help="override the preset's c1")
+    ap.add_argument("--mask", choices=("preset", "on", "off", "both"), default="preset",
+                    help="override the preset's padding mask")  # fmt: skip
     ap.add_argument("--grid", type=int, default=40, help="grid prompts for fidelity")
-    ap.add_argument("--copy-rmse", type=float, default=0.08, help="near-copy threshold")
+    ap.add_argument(
+        "--copy-rmse", type=float, default=0.12,
+        help="near-copy threshold (toy-sd's VAE alone reconstructs the marked images at ~0.10)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
 
     import genunlearn as gu
@@ -96,11 +124,23 @@ def main(argv=None) -> int:
     refs = torch.stack([im for _, im in pairs])
     tagged, plain = control_prompts(model), control_prompts(model, tagged=False)
     n = args.n
-    over = {"c1": args.c1} if args.c1 is not None else {}
-    run = gu.erase(model, "memattn", gu.ErasureTask(tuple(mem)), preset=args.preset, **over)
-    cfg = MemAttnConfig(**run.config)
+    task = gu.ErasureTask(tuple(mem))
+    c1s = args.c1 or [None]
+    masks = {"preset": [None], "on": [True], "off": [False], "both": [False, True]}[args.mask]
+    runs = []
+    for c1 in c1s:
+        for mask in masks:
+            over = {k: v for k, v in {"c1": c1, "mask": mask}.items() if v is not None}
+            runs.append(gu.erase(model, "memattn", task, preset=args.preset, **over))
+    cfg = MemAttnConfig(**runs[0].config)
+    marks = [m.get("mark") for m in rec["memorized"]]
     print(f"variant {args.model}: K={len(mem)}, recipe {rec['recipe']}")
-    print(f"memattn {run.model.inference['memattn']}, {n} seeds per prompt from seed {args.seed}")
+    print(f"memattn settings {[r.model.inference['memattn'] for r in runs]}")
+    print(f"{n} seeds per prompt from seed {args.seed}")
+
+    def label(r):
+        st = r.model.inference["memattn"]
+        return f"MemAttn c1={st['c1']:g} mask={'on' if st['mask'] else 'off'}"
 
     # ---------------------------------------------------------------- detection
     t0 = time.time()
@@ -123,19 +163,23 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- copies
     t0 = time.time()
     ev = model.evaluator
-    rows = {
-        "memorized, no mitigation": model.sample(mem, n=n, seed=args.seed),
-        "memorized, MemAttn": run.model.sample(mem, n=n, seed=args.seed),
-        "plain captions, no mitigation": model.sample(plain, n=n, seed=args.seed),
-        "tagged controls, no mitigation": model.sample(tagged, n=n, seed=args.seed),
-    }
+    rows = {"memorized, no mitigation": model.sample(mem, n=n, seed=args.seed)}
+    for r in runs:
+        rows[f"memorized, {label(r)}"] = r.model.sample(mem, n=n, seed=args.seed)
+    rows["plain captions, no mitigation"] = model.sample(plain, n=n, seed=args.seed)
+    rows["tagged controls, no mitigation"] = model.sample(tagged, n=n, seed=args.seed)
     t_copy = time.time() - t0
     print(f"\nnearest-neighbour distance to the {len(mem)} memorized images ({t_copy:.0f} s)")
-    print(f"{'generations':<32}{'pixel RMSE':>11}{'feature L2':>11}{'near-copies':>13}")
+    print(
+        f"{'generations':<40}{'NN RMSE':>9}{'feat L2':>9}{'copies':>8}{'own RMSE':>10}"
+        f"{'mark RMSE':>11}"
+    )
     for name, imgs in rows.items():
         rmse, feat = nn_distances(imgs, refs, ev)
         copies = float((rmse < args.copy_rmse).float().mean())
-        print(f"{name:<32}{rmse.mean():>11.4f}{feat.mean():>11.3f}{copies:>12.0%}")
+        own = own_distances(imgs, refs, n, marks) if "controls" not in name else None
+        tail = f"{own[0].mean():>10.4f}{own[1].mean():>11.4f}" if own else f"{'-':>10}{'-':>11}"
+        print(f"{name:<40}{rmse.mean():>9.4f}{feat.mean():>9.3f}{copies:>8.0%}{tail}")
 
     # ---------------------------------------------------------------- fidelity
     t0 = time.time()
@@ -146,14 +190,16 @@ def main(argv=None) -> int:
     mem_labels = [(m["prompt"], m) for m in rec["memorized"]]
     fid = {
         "grid prompts, no mitigation": fidelity(model, grid, n, args.seed),
-        "grid prompts, MemAttn": fidelity(run.model, grid, n, args.seed),
-        "memorized prompts, MemAttn": fidelity(run.model, mem_labels, n, args.seed),
+        "memorized prompts, no mitigation": fidelity(model, mem_labels, n, args.seed),
     }
+    for r in runs:
+        fid[f"grid prompts, {label(r)}"] = fidelity(r.model, grid, n, args.seed)
+        fid[f"memorized prompts, {label(r)}"] = fidelity(r.model, mem_labels, n, args.seed)
     print(f"\nprompt fidelity (evaluator accuracy), {time.time() - t0:.0f} s")
-    print(f"{'generations':<32}{'object':>8}{'style':>8}{'colour':>8}{'mean':>8}")
+    print(f"{'generations':<44}{'object':>8}{'style':>8}{'colour':>8}{'mean':>8}")
     for name, a in fid.items():
         print(
-            f"{name:<32}{a['object']:>8.0%}{a['style']:>8.0%}{a['colour']:>8.0%}{a['mean']:>8.0%}"
+            f"{name:<44}{a['object']:>8.0%}{a['style']:>8.0%}{a['colour']:>8.0%}{a['mean']:>8.0%}"
         )
     return 0
 

@@ -40,6 +40,13 @@ def add_arguments(p) -> None:
     )
     mem.add_argument("--seed", type=int, default=None)
     mem.add_argument("--steps", type=int, default=None, help="fine-tuning steps")
+    mem.add_argument(
+        "--novel",
+        choices=("mark", "none"),
+        default=None,
+        help="memorized images: ordinary renders plus a mark no caption names (default), or "
+        "plain renders (the first design)",
+    )
     mem.add_argument("--base", default="toy-sd", help="ToyCanvas pipeline to start from")
 
 
@@ -66,7 +73,7 @@ def run(args) -> int:
     if args.action == "memorize":
         from genunlearn.models.toy_variants import MemorizeRecipe, train_memorizing
 
-        changes = {"k": args.k, "seed": args.seed, "steps": args.steps}
+        changes = {"k": args.k, "seed": args.seed, "steps": args.steps, "novel": args.novel}
         recipe = dataclasses.replace(
             MemorizeRecipe(), **{k: v for k, v in changes.items() if v is not None}
         )

@@ -43,19 +43,25 @@ together with the world's own captions (neutral = the caption without the target
 a toy model has only ever seen full captions. The toy preset trains for fewer steps with a larger
 learning rate and uses those world templates.
 
-Measured on toy-sd (toy preset: 300 steps, lr 2e-3, trajectories from a 10-step DDIM schedule;
-``configs/bench/closed_form.yaml`` concepts, UA / IRA / CRA %, 2 images per grid prompt): every
-style is erased, flat 100 / 98 / 100, striped 100 / 88 / 100, dotted 100 / 93 / 100, wavy 100 / 97
-/ 100 (seeds 0 and 1); objects triangle 100 / 100 / 98 and heart 97 / 100 / 98 (seeds 0 and 1), but
-square UA 88 / 56% (seeds 0 / 1) and circle UA 25 / 0%: the plainest shapes resist, as they do MACE
-(circle 69%) and SepME. Over the 16 cells: 85.2 / 97.0 / 99.1, below the 90% UA bar because of
-circle and square. A lead, not the cause: the templated neutral is the caption *without* the target
-word, and toy-sd draws exactly those shapes for it ("a blue in striped style": circle in 14 of 16
-images; "a red in flat style": square 10, circle 5), and after erasure all 16 circle-prompt images
-still read as circle; but a neutral with the placeholder word instead ("a red shape in flat style";
-toy-sd draws a spread of shapes for "a red shape"; probe, seed 1) erased no better: circle UA 6%,
-square 0%. A 25-step schedule (the preset before) took 296 s for heart against 150-420 s now on a
-shared CPU; lr 4e-3 for 150 steps did not erase heart at all.
+Measured on toy-sd (toy preset: 300 steps, lr 2e-3, trajectories from a 10-step DDIM schedule,
+``la_strength`` 100; ``configs/bench/closed_form.yaml`` concepts x seeds 0 and 1, UA / IRA / CRA %,
+2 images per grid prompt): **100.0 / 96.6 / 99.0** over the 16 cells, every cell at UA 100.
+Styles flat 100 / 98 / 100, striped 100 / 85 / 100 (IRA 84 / 86), dotted 100 / 92 / 100, wavy
+100 / 98 / 100; objects circle 100 / 100 / 97, square 100 / 99 / 98, triangle 100 / 100 / 98, heart
+100 / 100 / 98 (means of the two seeds). 162-508 s per erase with 3-4 jobs on 2 CPU cores.
+
+Why ``la_strength`` is 100 on toy-sd, not the paper's 1000: with 1000 every style and triangle /
+heart were erased, but square reached UA 88 / 56% and circle 25 / 0% (seeds 0 / 1; 16 cells 85.2 /
+97.0 / 99.1). After that circle erasure the adapter pointed the right way but was too weak: with
+its multiplier forced to 2 the circle prompts gave heart, circle and square (10 / 5 / 1 of 16), at
+4 almost no circle, while at the transported multiplier (1.0 for circle prompts) all 16 stayed
+circles. toy-sd draws circles and squares for conditionings that name no shape, which is what
+latent anchoring's random embeddings are, so a strong anchoring term holds exactly the outputs
+the erasure must move. At 100 circle and square go (seed 1: 100 / 100 / 97 and 100 / 99 / 98) and
+the rest stays (the protocol above). Other things tried at 1000 that did not help: a neutral
+prompt with a placeholder word ("a red shape in flat style") instead of the caption without the
+target word (circle 6%, square 0%); multiplier 0 on the unconditional branch of guidance (circle
+still 16 of 16).
 """
 
 from __future__ import annotations
@@ -159,6 +165,7 @@ def sample_anchors(target: torch.Tensor, n: int, g: torch.Generator) -> torch.Te
             "ddim_steps": 10,
             "batch_size": 2,
             "use_template": True,
+            "la_strength": 100.0,
         },
         "smoke": {"steps": 2, "lr": 1e-3, "ddim_steps": 3, "anchor_batch": 1, "progress": False},
     },
