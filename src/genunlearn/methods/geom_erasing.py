@@ -64,7 +64,8 @@ Further settings tried on top of the ``toy`` preset (session 7; drop, seed 0 / s
 - detector threshold 0.15 instead of 0.5: 171 training images marked instead of 165, drop
   77.0% / 50.0%, so the detector missing faint marks is not the cause;
 - caption_dropout 0.5: 60.8% / 58.1% (fidelity 0.89 / 0.89): the best seed-1 figure, a worse mean;
-- 800 steps at lr 1e-4: seed 1 33.8%; UNet + text encoder trained together: seed 1 31.1%;
+- 800 steps at lr 1e-4: seed 1 33.8%; 600 steps at lr 1e-4: seeds 2 / 3 55.4% / 28.4%
+  (fidelity 0.90 / 0.86); UNet + text encoder trained together: seed 1 31.1%;
 - training on the concept-carrying dataset itself (the watermark variant's own training
   distribution: ToyCanvas renders stamped as its recipe stamps them, as the paper fine-tunes on
   its ICD) instead of the model's generations: seed 1 27.1%, and the fine-tuned model alone
