@@ -60,11 +60,12 @@ def own_distances(images, refs, n, marks):
     rmse = (images - own).pow(2).mean(dim=(1, 2, 3)).sqrt()
     if not all(marks):
         return rmse, torch.full_like(rmse, float("nan"))
-    yy, xx = torch.meshgrid(torch.arange(32) + 0.5, torch.arange(32) + 0.5, indexing="ij")
+    h, w = images.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
     discs = torch.stack(
         [((yy - m["centre"][0]).hypot(xx - m["centre"][1]) <= m["radius"] - 0.5) for m in marks]
-    ).repeat_interleave(n, 0)  # [rows, 32, 32]: the mark's fully covered pixels
-    err = (images - own).pow(2).mean(1)  # [rows, 32, 32]
+    ).repeat_interleave(n, 0)  # [rows, H, W]: the mark's fully covered pixels
+    err = (images - own).pow(2).mean(1)  # [rows, H, W]
     mark = ((err * discs).sum(dim=(1, 2)) / discs.sum(dim=(1, 2))).sqrt()
     return rmse, mark
 

@@ -10,8 +10,8 @@ import genunlearn as gu
 from genunlearn.methods.concept_prune import (
     ConceptPruneConfig,
     column_norms,
-    ffn_layers,
     paired_prompts,
+    pruned_layers,
     skilled_mask,
 )
 
@@ -23,7 +23,7 @@ def test_prunes_only_ffn_weights_to_zero_within_the_fraction(tiny_model):
         tiny_model, "concept_prune", "star", preset="smoke", skill_ratio=0.5, union_steps=3,
         max_fraction=cap,
     )  # fmt: skip
-    layers = {f"unet.{n}.weight": m.weight for n, m in ffn_layers(tiny_model).items()}
+    layers = {f"unet.{n}.weight": m.weight for n, m in pruned_layers(tiny_model).items()}
     assert run.result.changed and set(run.result.changed) <= set(layers)
     total_new_zeros = 0
     for name, new in run.result.changed.items():
@@ -74,7 +74,7 @@ def test_paired_prompts_swap_the_target_for_another_concept(tiny_model):
 def test_column_norms_are_recorded_per_denoising_step(tiny_model):
     cfg = ConceptPruneConfig(steps=3)
     norms = column_norms(tiny_model, ["a red star in flat style"], cfg)
-    for name, layer in ffn_layers(tiny_model).items():
+    for name, layer in pruned_layers(tiny_model).items():
         assert norms[name].shape == (3, layer.in_features)
         assert (norms[name] >= 0).all() and norms[name].sum() > 0
 
@@ -91,7 +91,7 @@ def test_hook_module_selects_the_pruned_layers(tiny_model):
         tiny_model, "concept_prune", "star", preset="smoke", hook_module="attn_val",
         skill_ratio=0.2, max_fraction=0.2,
     )  # fmt: skip
-    values = {f"unet.{n}.weight" for n in ffn_layers(tiny_model, "attn_val")}
+    values = {f"unet.{n}.weight" for n in pruned_layers(tiny_model, "attn_val")}
     assert values and all(n.endswith("attn2.to_v.weight") for n in values)
     assert run.result.changed and set(run.result.changed) <= values
     assert all((w == 0).any() for w in run.result.changed.values())

@@ -98,7 +98,7 @@ HOOKS = {
 }
 
 
-def ffn_layers(model, hook_module: str = "ffn") -> dict[str, torch.nn.Linear]:
+def pruned_layers(model, hook_module: str = "ffn") -> dict[str, torch.nn.Linear]:
     """The pruned Linear of every UNet transformer block, by UNet module name (default: the
     second linear layer of every feed-forward block)."""
     suffix = HOOKS[hook_module]
@@ -155,8 +155,8 @@ def _check(cfg: ConceptPruneConfig) -> None:
 
 @torch.no_grad()
 def column_norms(model, prompts: list[str], cfg: ConceptPruneConfig) -> dict[str, torch.Tensor]:
-    """Per FFN layer, the [steps, in_features] column norms of its input while sampling."""
-    layers = ffn_layers(model, cfg.hook_module)
+    """Per pruned layer, the [steps, in_features] column norms of its input while sampling."""
+    layers = pruned_layers(model, cfg.hook_module)
     sums: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     step = {"t": -1}
 
@@ -230,7 +230,7 @@ def skilled_mask(
 def erase(model, task, cfg: ConceptPruneConfig) -> ErasureResult:
     """Zero the skilled FFN weights of the target (training-free)."""
     _check(cfg)
-    layers = ffn_layers(model, cfg.hook_module)
+    layers = pruned_layers(model, cfg.hook_module)
     if not layers:
         raise GenUnlearnError(
             f"model {model.model_id} has no UNet {HOOKS[cfg.hook_module]} layers to prune"

@@ -241,22 +241,23 @@ def train_memorizing(
     data_seed = 1_000 + recipe.seed  # toy-sd was trained on world seed 0: these images are new
     mem_images, mem_labels, marks = memorized_images(recipe, data_seed)
     tags = _tags(recipe.seed, recipe.k + recipe.n_controls, set())
-    prompts = [
-        f"{toycanvas.caption(lab['colour'], lab['object'], lab['style'])}, {t}"
-        for lab, t in zip(mem_labels, tags, strict=False)
-    ]
+    plain = [toycanvas.caption(lab["colour"], lab["object"], lab["style"]) for lab in mem_labels]
+    prompts = [f"{c}, {t}" for c, t in zip(plain, tags, strict=False)]
     ctrl_samples = [toycanvas.sample(data_seed + 1, i) for i in range(recipe.n_controls)]
     controls = [f"{s.caption}, {t}" for s, t in zip(ctrl_samples, tags[recipe.k :], strict=True)]
     imgs, labels, caps = toycanvas.make_arrays(data_seed + 2, recipe.n_ordinary)
     n_anc = round(recipe.batch * recipe.anchor_share)
     # anchors: other ordinary renders of each memorized image's labels, with the plain caption
-    anchors = [(lab, j) for lab in mem_labels for j in range(recipe.n_anchor)] if n_anc else []
-    anc_imgs = np.zeros((len(anchors), 32, 32, 3), np.uint8)
-    for a, (lab, j) in enumerate(anchors):
-        anc_imgs[a] = toycanvas.sample_labelled(
-            lab["object"], lab["style"], lab["colour"], data_seed + 3, j
-        )
-    anc_caps = [toycanvas.caption(lab["colour"], lab["object"], lab["style"]) for lab, _ in anchors]
+    anchors = [(i, j) for i in range(recipe.k) for j in range(recipe.n_anchor)] if n_anc else []
+    anc_caps = [plain[i] for i, _ in anchors]
+    if anchors:
+        anc_imgs = np.stack([
+            toycanvas.sample_labelled(
+                mem_labels[i]["object"], mem_labels[i]["style"], mem_labels[i]["colour"],
+                data_seed + 3, j,
+            )
+            for i, j in anchors
+        ])  # fmt: skip
     heads = {k: list(v) for k, v in toycanvas.KINDS.items()}
 
     unet = model.denoiser
