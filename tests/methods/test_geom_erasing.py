@@ -104,6 +104,8 @@ def test_bad_settings_are_clear_errors(tiny_model):
         gu.erase(tiny_model, "geom_erasing", "star", preset="smoke", detector="qr")
     with pytest.raises(gu.GenUnlearnError, match="not a single token"):
         gu.erase(tiny_model, "geom_erasing", "star", preset="smoke", concept_word="watermark")
+    with pytest.raises(gu.GenUnlearnError, match="lr_schedule must be one of .*'cosine'"):
+        gu.erase(tiny_model, "geom_erasing", "star", preset="smoke", lr_schedule="step")
 
 
 def test_text_encoder_trains_when_selected(tiny_model, monkeypatch):

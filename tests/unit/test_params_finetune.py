@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -95,3 +97,23 @@ def test_a_diverging_erase_marks_its_run_failed_and_leaves_the_model(tiny_model,
     with pytest.raises(GenUnlearnError, match="did not finish"):
         gu.load_run(tmp_path / "run", model=tiny_model)
     assert all(torch.equal(before[n], p) for n, p in tiny_model.named_parameters())
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_finetune_lr_schedule_sets_each_steps_rate(schedule):
+    # loss = p has gradient 1, so plain SGD moves p by exactly the learning rate of each step
+    p = torch.nn.Parameter(torch.zeros(()))
+    steps, lr = 10, 0.1
+    finetune([p], lambda step, g: p * 1.0, steps, lr, optimizer="sgd", progress=False, lr_schedule=schedule)  # fmt: skip
+    if schedule == "constant":
+        expected = steps * lr
+    else:  # decays from lr at step 0 towards 0 at the end
+        expected = sum(lr * 0.5 * (1 + math.cos(math.pi * s / steps)) for s in range(steps))
+        assert expected < steps * lr * 0.6
+    assert float(p) == pytest.approx(-expected, rel=1e-5)
+
+
+def test_finetune_unknown_lr_schedule_names_the_valid_ones():
+    p = torch.nn.Parameter(torch.zeros(()))
+    with pytest.raises(ValueError, match="constant.*cosine"):
+        finetune([p], lambda step, g: p * 1.0, 2, 0.1, progress=False, lr_schedule="linear")

@@ -7,6 +7,7 @@ The generator is seeded from ``(seed, step)``, so a run is reproducible and resu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -22,6 +23,10 @@ class DivergenceError(GenUnlearnError):
         self.step = step
 
 
+#: learning-rate schedules of :func:`finetune`
+LR_SCHEDULES = ("constant", "cosine")
+
+
 def finetune(
     params: dict[str, torch.nn.Parameter] | list[torch.nn.Parameter],
     loss_fn: Callable[[int, torch.Generator], torch.Tensor],
@@ -34,6 +39,7 @@ def finetune(
     progress: bool = True,
     desc: str = "train",
     mask: dict[str, torch.Tensor] | None = None,
+    lr_schedule: str = "constant",
 ) -> list[float]:
     """Minimise ``loss_fn`` over ``params``.
 
@@ -49,6 +55,8 @@ def finetune(
         progress: show a progress bar.
         desc: progress bar label.
         mask: name -> 0/1 tensor multiplied into each gradient (SalUn-style saliency masks).
+        lr_schedule: "constant", or "cosine" (the rate decays from ``lr`` to 0 over ``steps``, so
+            the weights settle instead of ending wherever the last large steps left them).
 
     Returns:
         The loss of every step.
@@ -62,6 +70,8 @@ def finetune(
     opts = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
     if optimizer not in opts:
         raise ValueError(f"optimizer must be one of {sorted(opts)}, got {optimizer!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     opt = opts[optimizer](plist, lr=lr, weight_decay=weight_decay)
     history: list[float] = []
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
@@ -82,6 +92,9 @@ def finetune(
                     p.grad.mul_(mask[n])
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(plist, grad_clip)
+        if lr_schedule == "cosine":
+            for grp in opt.param_groups:
+                grp["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
         opt.step()
         history.append(float(loss.detach()))
         bar.set_postfix(loss=f"{history[-1]:.4f}")

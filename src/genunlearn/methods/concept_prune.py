@@ -43,6 +43,14 @@ anything the model needs. The official code's cross-attention variant (``hook_mo
 whose input is the prompt embedding) did no better: star / striped UA 0 / 0 % at 1 % and 5 %, star
 12 % at 20 % (IRA 95-100 %, CRA 97-100 %): the 128-dimensional text embedding has no few
 dimensions that belong to one concept either.
+
+Upper bound (``bench/prune_bound.py``: ``ff.net.2`` of all four blocks zeroed outright, 100 %
+of the weights the paper's mechanism may touch; 1 image per prompt): UA star 75 %, cross 50 %, circle 25 %, heart 0 %,
+striped / dotted / gradient 0 % (IRA 79-88 %, CRA 89-94 %). Removing every FFN weight leaves the
+styles and most objects intact, so no selection of FFN weights can reach UA >= 80 % on toy-sd: the
+concepts reach the image through cross-attention and the residual path. Meeting that bar needs a
+model whose FFNs hold the concept, as SD-1.5's do in the paper (its weights are not available
+here).
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ import torch
 from torch.nn import functional as F
 
 from genunlearn.core.cache import cached_sample
-from genunlearn.core.finetune import finetune
+from genunlearn.core.finetune import LR_SCHEDULES, finetune
 from genunlearn.core.params import trainable
 from genunlearn.registry import register_method
 from genunlearn.types import Capability, ErasureResult, GenUnlearnError, Needs
@@ -114,6 +114,7 @@ class GeomErasingConfig:
         lr: AdamW learning rate.
         batch_size: images per step.
         caption_dropout: share of images trained with the geometric tokens alone.
+        lr_schedule: "constant" or "cosine" (decay to 0 over ``steps``).
         progress: show progress bars.
     """
 
@@ -127,6 +128,7 @@ class GeomErasingConfig:
     lr: float = 1e-5
     batch_size: int = 4
     caption_dropout: float = 0.1
+    lr_schedule: str = "constant"
     progress: bool = True
 
 
@@ -155,6 +157,8 @@ def _check(model, cfg: GeomErasingConfig) -> None:
                 f"token word {w!r} is not a single token of the model's tokenizer; "
                 "pick a concept_word the tokenizer has (e.g. 'logo', 'sign', 'symbol')"
             )
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise GenUnlearnError(f"lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
     if not 0.0 <= cfg.caption_dropout < 1.0 or not 0.0 < cfg.threshold < 1.0:
         raise GenUnlearnError("caption_dropout must be in [0, 1) and threshold in (0, 1)")
 
@@ -231,7 +235,7 @@ def erase(model, task, cfg: GeomErasingConfig) -> ErasureResult:
         pred = model.predict_noise(sched.add_noise(z0[idx], noise, t), t, cond)
         return F.mse_loss(pred, noise)
 
-    losses = finetune(params, loss_fn, cfg.steps, cfg.lr, optimizer="adamw", progress=cfg.progress, desc="geom_erasing")  # fmt: skip
+    losses = finetune(params, loss_fn, cfg.steps, cfg.lr, optimizer="adamw", progress=cfg.progress, desc="geom_erasing", lr_schedule=cfg.lr_schedule)  # fmt: skip
     model.apply_inference({"negative_prompt": neg})
     return ErasureResult(
         inference={"negative_prompt": neg},
