@@ -56,7 +56,7 @@ under evaluation seed 11 (variant 45.0%): **77.8%**, fidelity 0.804; seed 9 unde
 5 (variant 50.0%): 82.5%, fidelity 0.812. Over these ten runs the mean drop is 83.2% and fidelity
 0.80-0.85: the acceptance (drop >= 80%, fidelity >= 0.8) holds on average and in eight of the
 ten runs, at the bar rather than above it, with thin margins on both sides: style
-accuracy pays (0.89 -> 0.58-0.74), and one run's rate is 160 images (about +-5 points of drop);
+accuracy pays (0.89 -> 0.58-0.71), and one run's rate is 160 images (about +-5 points of drop);
 evaluation seeds other than 0 give drops nearer 80%.
 
 How the preset was found (relative drop on erasure seeds 0 / 1 / 2 / 3, evaluation seed 0):
