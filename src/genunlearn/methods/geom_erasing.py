@@ -247,7 +247,16 @@ def erase(model, task, cfg: GeomErasingConfig) -> ErasureResult:
         pred = model.predict_noise(sched.add_noise(z0[idx], noise, t), t, cond)
         return F.mse_loss(pred, noise)
 
-    losses = finetune(params, loss_fn, cfg.steps, cfg.lr, optimizer="adamw", progress=cfg.progress, desc="geom_erasing", lr_schedule=cfg.lr_schedule)  # fmt: skip
+    losses = finetune(
+        params,
+        loss_fn,
+        cfg.steps,
+        cfg.lr,
+        optimizer="adamw",
+        progress=cfg.progress,
+        desc="geom_erasing",
+        lr_schedule=cfg.lr_schedule,
+    )
     model.apply_inference({"negative_prompt": neg})
     return ErasureResult(
         inference={"negative_prompt": neg},
