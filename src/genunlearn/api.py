@@ -86,6 +86,18 @@ def resolve_task(model, task, check_text: bool = True) -> ErasureTask:
     whose target is found by a detector, not named by a prompt) skips both checks.
     """
     task = _task(task)
+    norm = {t.strip().lower() for t in task.targets}
+    if task.anchor is not None and task.anchor.strip().lower() in norm:
+        raise GenUnlearnError(
+            f"the anchor {task.anchor!r} is also a target; the anchor must be a concept to map "
+            "the target to, different from every target"
+        )
+    both = [r for r in task.retain or () if r.strip().lower() in norm]
+    if both:
+        raise GenUnlearnError(
+            f"{both[0]!r} is both a target and a retain concept; a concept cannot be erased and "
+            "preserved at once: remove it from retain"
+        )
     if not check_text:
         return task
     world = getattr(model, "world", None)
@@ -119,6 +131,13 @@ def _warn_unknown_text(model, text: str) -> None:
             f"{model.model_id} was trained on; the erasure will likely have no effect",
             stacklevel=3,
         )
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` as an int in 0 .. 2**63 - 1 (what torch generators accept), else a clear error."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise GenUnlearnError(f"{name} must be an integer in 0 .. 2**63-1, got {seed!r}")
+    return seed
 
 
 def _preset(model, preset: str | None) -> str:
@@ -213,20 +232,33 @@ def erase(
     preset = _preset(model, preset)
     cfg = resolve_config(model, "method", method, preset, config, **overrides)
     _check_requires(entry, model)
+    check_seed(seed)
     d = runs.prepare_dir(out_dir, overwrite) if out_dir is not None else None
     work = model.copy()
     torch.manual_seed(seed)
     with measure() as eff:
         try:
             result = entry.fn(work, task, cfg)
+            if not isinstance(result, ErasureResult):
+                raise TypeError(
+                    f"method {method} returned {type(result).__name__}, not ErasureResult"
+                )
+            if not result.changed:
+                result.changed = work.state_delta(model)
+            # a diverged method is never saved, nor returned, as a finished erasure
+            runs.check_finite(result.changed, f"{method}'s changed weights")
+            if result.addon is not None:
+                runs.check_finite(result.addon.tensors, f"{method}'s add-on module")
         except Exception as e:
             if d is not None:  # the directory stays marked incomplete and says why
                 runs.mark_failed(d, f"{type(e).__name__}: {e}")
             raise
-        if not isinstance(result, ErasureResult):
-            raise TypeError(f"method {method} returned {type(result).__name__}, not ErasureResult")
-        if not result.changed:
-            result.changed = work.state_delta(model)
+    try:  # outside the measured time: a check, not part of the method
+        _probe_outputs(work, task)
+    except GenUnlearnError as e:
+        if d is not None:
+            runs.mark_failed(d, f"{type(e).__name__}: {e}")
+        raise
     run = Run(work, method, task, config_to_dict(cfg), result, dict(eff))
     if d is not None:
         run.record = runs.write_run(
@@ -239,6 +271,16 @@ def erase(
         runs.finish(d)
         run.path = d
     return run
+
+
+def _probe_outputs(model, task: ErasureTask) -> None:
+    """Generate one short-schedule image per target: the model's sample() refuses non-finite
+    images, so weights that are finite but blow up in use (a huge learning rate) stop the run."""
+    world = model.world
+    prompts = [
+        world.prompt(t) if world is not None and world.kind_of(t) else t for t in task.targets
+    ]
+    model.sample(prompts, n=1, steps=2, seed=0)
 
 
 def _write_samples(model, task: ErasureTask, d: Path) -> None:
@@ -285,13 +327,15 @@ def load_run(path: str | Path | list, model=None):
         )
     out = base.copy()
     for p, rec in zip(paths, recs, strict=True):
-        out.apply_delta(runs.load_artifact(p, base.base_hash))
+        sha = rec.get("sha256") or {}
+        out.apply_delta(runs.load_artifact(p, base.base_hash, sha.get(runs.ARTIFACT)))
         out.apply_inference(rec.get("inference") or {})
     for p, rec in zip(paths, recs, strict=True):
         if rec.get("addon"):
             from genunlearn.models.addons import attach
 
-            attach(out, runs.load_addon(p, base.base_hash))
+            sha = rec.get("sha256") or {}
+            attach(out, runs.load_addon(p, base.base_hash, sha.get(runs.ADDON)))
     return out
 
 

@@ -62,7 +62,16 @@ def _scalar(text: str) -> Any:
     import yaml
 
     num = _number(text, None)
-    return num if num is not None else yaml.safe_load(text)
+    if num is not None:
+        return num
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GenUnlearnError(
+            f"value {text!r} is not a plain YAML scalar or list ({first}); give a number, "
+            "true/false, text or a [list]"
+        ) from None
 
 
 def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
@@ -133,8 +142,28 @@ def build_config(cls: type, *layers: dict[str, Any] | None, where: str = "config
                 raise GenUnlearnError(
                     f"{where}: unknown key {k!r}{hint}. Valid keys: {', '.join(sorted(fields))}"
                 )
-            merged[k] = _coerce(k, v, hints[k], where)
+            merged[k] = _check_range(k, _coerce(k, v, hints[k], where), where)
     return cls(**merged)
+
+
+def _check_range(name: str, value: Any, where: str) -> Any:
+    """Ranges that hold for every config: numbers are finite; step counts and learning rates are
+    positive (a zero or negative one would train nothing, or backwards, and report success)."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        raise GenUnlearnError(f"{where}: {name} must be a finite number, got {value!r}")
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if (name == "steps" or name.endswith("_steps")) and is_int and value < 1:
+        raise GenUnlearnError(f"{where}: {name} must be an integer >= 1, got {value!r}")
+    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if (name == "lr" or name.endswith("_lr")) and is_num and value <= 0:
+        raise GenUnlearnError(f"{where}: {name} must be a finite number > 0, got {value!r}")
+    if (name == "seed" or name.endswith("_seed")) and is_int and not 0 <= value < 2**63:
+        raise GenUnlearnError(f"{where}: {name} must be an integer in 0 .. 2**63-1, got {value!r}")
+    if name in ("n_per_prompt", "n_prompts", "n_images") and is_int and value < 1:
+        raise GenUnlearnError(f"{where}: {name} must be an integer >= 1, got {value!r}")
+    return value
 
 
 def config_to_dict(cfg) -> dict[str, Any]:

@@ -64,6 +64,18 @@ class ErasureTask:
             object.__setattr__(self, "retain", tuple(self.retain))
         if not self.targets or any(not isinstance(t, str) or not t.strip() for t in self.targets):
             raise GenUnlearnError(f"ErasureTask.target must be non-empty text, got {self.target!r}")
+        if self.anchor is not None and (
+            not isinstance(self.anchor, str) or not self.anchor.strip()
+        ):
+            raise GenUnlearnError(
+                f"ErasureTask.anchor must be non-empty text or None, got {self.anchor!r}"
+            )
+        if self.retain is not None and any(
+            not isinstance(r, str) or not r.strip() for r in self.retain
+        ):
+            raise GenUnlearnError(
+                f"ErasureTask.retain must be non-empty texts, got {self.retain!r}"
+            )
 
     @property
     def targets(self) -> tuple[str, ...]:

@@ -115,5 +115,5 @@ def test_finetune_lr_schedule_sets_each_steps_rate(schedule):
 
 def test_finetune_unknown_lr_schedule_names_the_valid_ones():
     p = torch.nn.Parameter(torch.zeros(()))
-    with pytest.raises(ValueError, match="constant.*cosine"):
+    with pytest.raises(GenUnlearnError, match="constant.*cosine"):
         finetune([p], lambda step, g: p * 1.0, 2, 0.1, progress=False, lr_schedule="linear")

@@ -56,22 +56,64 @@ def test_prepare_dir_refuses_a_path_that_is_a_file(tmp_path, overwrite):
 
 
 def test_prepare_dir_overwrites_only_a_run_directory_when_asked(tmp_path):
-    d = tmp_path / "run"
-    d.mkdir()
+    d = runs.prepare_dir(tmp_path / "run")
     (d / runs.CONFIG).write_text("{}")
-    (d / "old.png").write_bytes(b"png")
+    (d / runs.SAMPLES).write_bytes(b"png")
     with pytest.raises(GenUnlearnError, match="overwrite"):
         runs.prepare_dir(d)
-    assert (d / "old.png").exists()
+    assert (d / runs.SAMPLES).exists()
     runs.prepare_dir(d, overwrite=True)
-    assert sorted(p.name for p in d.iterdir()) == [runs.MARKER]
+    assert sorted(p.name for p in d.iterdir()) == sorted([runs.MARKER, runs.OWNER])
+
+
+def test_overwrite_refuses_a_model_directory_that_merely_holds_a_config(tmp_path):
+    """The probe's repro: ``erase --out MODEL/unet --overwrite`` deleted a model's UNet."""
+    unet = tmp_path / "model" / "unet"
+    unet.mkdir(parents=True)
+    (unet / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    (unet / runs.MARKER).write_text("a user file that happens to have this name")
+    with pytest.raises(GenUnlearnError, match="not a genunlearn run"):
+        runs.prepare_dir(unet, overwrite=True)
+    assert (unet / "diffusion_pytorch_model.safetensors").read_bytes() == b"weights"
+    assert (unet / "config.json").is_file() and (unet / runs.MARKER).is_file()
+
+
+def test_overwrite_removes_only_genunlearns_own_files(tmp_path):
+    d = runs.prepare_dir(tmp_path / "run")
+    for name in (runs.CONFIG, runs.ARTIFACT, runs.SAMPLES, "attack_p4d.png", runs.FAILED):
+        (d / name).write_bytes(b"old")
+    (d / "notes.txt").write_text("mine")
+    (d / "sub").mkdir()
+    (d / "sub" / runs.CONFIG).write_text("mine too")
+    runs.prepare_dir(d, overwrite=True)
+    left = sorted(p.name for p in d.iterdir())
+    assert left == sorted([runs.MARKER, runs.OWNER, "notes.txt", "sub"])
+    assert (d / "notes.txt").read_text() == "mine"
+    assert (d / "sub" / runs.CONFIG).read_text() == "mine too"
+
+
+def test_a_forged_or_linked_marker_is_not_ownership(tmp_path):
+    d = tmp_path / "forged"
+    d.mkdir()
+    (d / runs.OWNER).write_text("not json")
+    (d / "data.bin").write_bytes(b"x")
+    with pytest.raises(GenUnlearnError, match="not a genunlearn run"):
+        runs.prepare_dir(d, overwrite=True)
+    real = runs.prepare_dir(tmp_path / "real")
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    (real / runs.SAMPLES).write_bytes(b"x")
+    with pytest.raises(GenUnlearnError, match="not a genunlearn run"):
+        runs.prepare_dir(link, overwrite=True)
+    assert (real / runs.SAMPLES).exists()
 
 
 def test_prepare_dir_overwrites_an_interrupted_run(tmp_path):
     d = runs.prepare_dir(tmp_path / "run")
-    (d / "partial.bin").write_bytes(b"x")
+    (d / runs.ARTIFACT).write_bytes(b"partial")
     runs.prepare_dir(d, overwrite=True)
-    assert not (d / "partial.bin").exists()
+    assert not (d / runs.ARTIFACT).exists() and (d / runs.MARKER).is_file()
 
 
 def test_read_record_errors(tmp_path):
@@ -88,11 +130,13 @@ def test_read_record_errors(tmp_path):
 
 def test_read_record_refuses_incomplete_even_with_config(tmp_path):
     d = runs.prepare_dir(tmp_path / "r")
-    (d / runs.CONFIG).write_text(json.dumps({"method": "esd"}))
+    rec = {"method": "esd", "config": {}, "task": {"target": "star"}, "seed": 0}
+    rec |= {"base_model": "toy-sd", "base_hash": HASH}
+    (d / runs.CONFIG).write_text(json.dumps(rec))
     with pytest.raises(GenUnlearnError, match="incomplete"):
         runs.read_record(d)
     runs.finish(d)
-    assert runs.read_record(d) == {"method": "esd"}
+    assert runs.read_record(d) == rec
 
 
 def _artifact(d, tensors, metadata):
@@ -165,3 +209,52 @@ def test_write_run_then_read_back(tmp_path):
     assert rec["changed_tensors"] == back["changed_tensors"] == 1
     tensors = runs.load_artifact(d, HASH)
     assert torch.equal(tensors["unet.w"], changed["unet.w"].float())
+
+
+def _written_run(tmp_path):
+    d = runs.prepare_dir(tmp_path / "run")
+    model = SimpleNamespace(base_hash=HASH, model_id="toy-sd")
+    result = ErasureResult(changed={"unet.w": torch.arange(16.0).reshape(4, 4)})
+    rec = runs.write_run(
+        d, method="m", preset="toy", config={}, task=ErasureTask("star"), seed=0, model=model,
+        result=result, efficiency={},
+    )  # fmt: skip
+    runs.finish(d)
+    return d, rec
+
+
+def test_a_tampered_artifact_is_refused_naming_the_file(tmp_path):
+    d, rec = _written_run(tmp_path)
+    f = d / runs.ARTIFACT
+    digest = runs.read_record(d)["sha256"][runs.ARTIFACT]
+    assert runs.load_artifact(d, HASH, digest)["unet.w"].sum() == 120
+    data = bytearray(f.read_bytes())
+    data[-4:] = b"\x00\x00\x80\x7f"  # the last float becomes +inf: a valid file, other bytes
+    f.write_bytes(bytes(data))
+    with pytest.raises(GenUnlearnError) as e:
+        runs.load_artifact(d, HASH, digest)
+    assert str(f) in str(e.value) and "digest" in str(e.value)
+    # without the record's digest the digest inside the file still catches the change
+    with pytest.raises(GenUnlearnError, match="digest"):
+        runs.load_artifact(d, HASH)
+
+
+def test_check_finite_names_the_broken_tensor():
+    runs.check_finite({"a": torch.ones(2)}, "x")
+    with pytest.raises(GenUnlearnError, match="unet.b"):
+        runs.check_finite({"a": torch.ones(2), "unet.b": torch.tensor([1.0, float("nan")])}, "x")
+    with pytest.raises(GenUnlearnError, match="infinite"):
+        runs.check_finite({"c": torch.tensor([float("inf")])}, "x")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[1, 2]", '{"method": "m"}', '{"method": 1, "config": {}, "task": {"target": "a"}, '
+     '"seed": 0, "base_model": "m", "base_hash": "h"}'],
+)  # fmt: skip
+def test_read_record_refuses_malformed_records(tmp_path, text):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / runs.CONFIG).write_text(text)
+    with pytest.raises(GenUnlearnError, match="config.json"):
+        runs.read_record(d)

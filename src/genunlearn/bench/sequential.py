@@ -69,6 +69,7 @@ def erase_sequence(
     seed: int = 0,
     eval: dict[str, Any] | None = None,
     progress: bool = False,
+    config: dict[str, Any] | None = None,
     **overrides,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Erase ``concepts`` in order with ``method``, scoring the model after every step.
@@ -82,7 +83,9 @@ def erase_sequence(
         eval: evaluation settings of :class:`~genunlearn.metrics.concept_accuracy.UnlearnCanvasConfig`
             (``n_per_prompt``, ``seed``, ``steps``, ``guidance``; ``fid`` is ignored).
         progress: show a progress bar over steps.
-        **overrides: method config values.
+        config: method config values as a dict (applied after the preset; its keys may be any
+            config key, ``seed`` or ``progress`` included, which ``**overrides`` cannot pass).
+        **overrides: method config values (applied last).
 
     Returns:
         ``(final model, steps)``: one dict per step with ``step`` (1-based), ``erased`` (the
@@ -116,7 +119,9 @@ def erase_sequence(
     current, steps = model, []
     for j, c in enumerate(tqdm(concepts, desc=f"sequential {method}", disable=not progress), 1):
         t0 = time.perf_counter()
-        current = api.erase(current, method, c, preset=preset, seed=seed, **overrides).model
+        current = api.erase(
+            current, method, c, preset=preset, seed=seed, config=config, **overrides
+        ).model
         seconds = time.perf_counter() - t0
         steps.append(
             {"step": j, "erased": c, "seconds": seconds, **score_step(current, concepts[:j], cfg)}

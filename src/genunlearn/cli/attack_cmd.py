@@ -6,7 +6,7 @@ HELP = "attack an erased run or a model; prints pre-ASR and ASR"
 
 
 def add_arguments(p) -> None:
-    from genunlearn.cli.main import add_set_argument
+    from genunlearn.cli.main import add_overwrite_argument, add_set_argument
 
     p.add_argument("--attack", required=True, help="attack name (genunlearn ls attacks)")
     p.add_argument("--run", default=None, help="run directory of the erased model")
@@ -14,13 +14,17 @@ def add_arguments(p) -> None:
     p.add_argument("--concept", default=None, help="target concept (default: the run's)")
     p.add_argument("--preset", default=None)
     p.add_argument("--out", default=None, help="write adversarial images (PNG) here")
+    add_overwrite_argument(p)
     add_set_argument(p, "attack config")
 
 
 def run(args) -> int:
     from genunlearn import api
+    from genunlearn.cli.main import check_output_file
     from genunlearn.config import parse_overrides
     from genunlearn.types import GenUnlearnError
+
+    check_output_file(args.out, args.overwrite)
 
     concept = args.concept
     if args.run:

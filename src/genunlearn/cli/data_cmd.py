@@ -6,6 +6,8 @@ HELP = "preview the ToyCanvas world"
 
 
 def add_arguments(p) -> None:
+    from genunlearn.cli.main import add_overwrite_argument
+
     sub = p.add_subparsers(dest="action", required=True)
     pr = sub.add_parser(
         "preview", help="write a PNG grid: one row per object, one column per style"
@@ -13,6 +15,7 @@ def add_arguments(p) -> None:
     pr.add_argument("--out", required=True, help="output PNG path")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--scale", type=int, default=4, help="pixel upscaling of the PNG")
+    add_overwrite_argument(pr)
     sp = sub.add_parser("split", help="print the evaluation prompts of a concept: target / retain")
     sp.add_argument("--concept", required=True, action="append", help="target concept(s)")
 
@@ -20,6 +23,9 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     if args.action == "split":
         return _split(args.concept)
+    from genunlearn.cli.main import check_output_file
+
+    check_output_file(args.out, args.overwrite)
     import numpy as np
     import torch
 

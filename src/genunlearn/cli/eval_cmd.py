@@ -12,7 +12,7 @@ HELP = "evaluate a model, a run, the evaluator, or the base testbed"
 
 
 def add_arguments(p) -> None:
-    from genunlearn.cli.main import add_set_argument
+    from genunlearn.cli.main import add_overwrite_argument, add_set_argument
 
     p.add_argument("target", choices=["evaluator", "base", "run", "model"])
     p.add_argument("--model", default="toy-sd")
@@ -22,6 +22,7 @@ def add_arguments(p) -> None:
     p.add_argument("--images", type=int, default=2000, help="fresh images (target 'evaluator')")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    add_overwrite_argument(p)
     add_set_argument(p, "protocol config")
 
 
@@ -30,8 +31,10 @@ def run(args) -> int:
     from pathlib import Path
 
     from genunlearn import api
+    from genunlearn.cli.main import check_output_file
     from genunlearn.config import parse_overrides
 
+    check_output_file(args.json, args.overwrite, "--json")
     overrides = parse_overrides(args.set)
     if args.seed is not None:
         overrides["seed"] = args.seed

@@ -18,8 +18,41 @@ def add_set_argument(p: argparse.ArgumentParser, what: str) -> None:
     )  # fmt: skip
 
 
+def add_overwrite_argument(p: argparse.ArgumentParser) -> None:
+    """``--overwrite``: allow an output file that already exists to be replaced."""
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+
+def check_output_file(path: str | None, overwrite: bool, option: str = "--out") -> None:
+    """Refuse, before any work, an output file that would replace something the user has.
+
+    Raises:
+        GenUnlearnError: ``path`` is a directory, or an existing file without ``--overwrite``.
+    """
+    from pathlib import Path
+
+    from genunlearn.types import GenUnlearnError
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise GenUnlearnError(f"{option} {p} is a directory; give a file path")
+    if p.exists() and not overwrite:
+        raise GenUnlearnError(
+            f"{option} {p} already exists; choose a new file or pass --overwrite to replace it"
+        )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2): what was wrong, and where the valid forms are."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="genunlearn",
         description="Machine unlearning for generative image models: erase concepts, attack the "
         "erased model, benchmark methods (toy-sd testbed built in).",

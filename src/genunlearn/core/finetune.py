@@ -69,9 +69,9 @@ def finetune(
     plist = list(named.values())
     opts = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
     if optimizer not in opts:
-        raise ValueError(f"optimizer must be one of {sorted(opts)}, got {optimizer!r}")
+        raise GenUnlearnError(f"optimizer must be one of {sorted(opts)}, got {optimizer!r}")
     if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        raise GenUnlearnError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     opt = opts[optimizer](plist, lr=lr, weight_decay=weight_decay)
     history: list[float] = []
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
@@ -100,4 +100,12 @@ def finetune(
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     for p in plist:
         p.requires_grad_(False)
+    # the last update is not followed by a loss evaluation: check the weights themselves
+    bad = [n for n, p in named.items() if not torch.isfinite(p).all()]
+    if bad:
+        raise DivergenceError(
+            f"{desc}: after {steps} steps {len(bad)} trained tensor(s) hold NaN or infinity "
+            f"(first: {bad[0]}); training diverged (try a lower learning rate than {lr})",
+            steps,
+        )
     return history

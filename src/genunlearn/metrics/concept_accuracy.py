@@ -41,11 +41,20 @@ class FidelityConfig:
     guidance: float | None = None
 
 
+#: the fewest images a UA or IRA rate rests on when ``n_per_prompt`` is left to the protocol
+MIN_IMAGES = 50
+
+
 @dataclass(frozen=True)
 class UnlearnCanvasConfig:
-    """Args: as :class:`FidelityConfig`, plus ``fid`` (compute the feature FID) and ``real_seed``."""
+    """Args: as :class:`FidelityConfig`, plus ``fid`` (compute the feature FID) and ``real_seed``.
 
-    n_per_prompt: int = 3
+    ``n_per_prompt`` None (default): 3 images per prompt, more where a split has few prompts, so
+    that UA and IRA each rest on at least :data:`MIN_IMAGES` images (a one-class-per-folder world
+    has one prompt per class).
+    """
+
+    n_per_prompt: int | None = None
     seed: int = 0
     steps: int | None = None
     guidance: float | None = None
@@ -62,13 +71,21 @@ def _need_world(model):
     return model.world
 
 
-def generate_and_label(model, label_sets, cfg):
-    """Sample ``cfg.n_per_prompt`` images per label set; returns (images, predictions, labels)."""
+def per_prompt(cfg, n_prompts: int) -> int:
+    """Images per prompt for a split of ``n_prompts`` prompts: the configured number, or (None)
+    3, raised so that the split holds at least :data:`MIN_IMAGES` images."""
+    if cfg.n_per_prompt is not None:
+        return cfg.n_per_prompt
+    return max(3, -(-MIN_IMAGES // max(1, n_prompts)))
+
+
+def generate_and_label(model, label_sets, cfg, n: int | None = None):
+    """Sample ``n`` (default ``cfg.n_per_prompt``) images per label set; returns
+    (images, predictions, labels)."""
     world = model.world
+    n = n if n is not None else per_prompt(cfg, len(label_sets))
     prompts = [world.caption(lab) for lab in label_sets]
-    images = model.sample(
-        prompts, n=cfg.n_per_prompt, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed
-    )
+    images = model.sample(prompts, n=n, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed)
     preds = model.evaluator.predict(images)
     blocked = getattr(model, "last_blocked", None)
     if blocked is not None:  # an output filter blocked these: they show no concept at all
@@ -77,7 +94,7 @@ def generate_and_label(model, label_sets, cfg):
         flags = blocked.tolist()
         preds = {h: [BLOCKED if b else p for p, b in zip(v, flags, strict=True)]
                  for h, v in preds.items()}  # fmt: skip
-    labels = [lab for lab in label_sets for _ in range(cfg.n_per_prompt)]
+    labels = [lab for lab in label_sets for _ in range(n)]
     return images, preds, labels
 
 
@@ -130,24 +147,35 @@ def unlearncanvas(model, task, cfg: UnlearnCanvasConfig) -> dict[str, float]:
     targets = list(task.targets)
     kinds = {world.concept(t).kind for t in targets}
     has, without = world.split(targets)
+    if not has or not without:
+        raise GenUnlearnError(
+            f"the {world.name} grid has {len(has)} prompts with and {len(without)} without "
+            f"{', '.join(targets)}; UA and IRA need both (erase fewer concepts at once)"
+        )
     _, p_t, l_t = generate_and_label(model, has, cfg)
     images_r, p_r, l_r = generate_and_label(model, without, cfg)
     erased = [
         not any(lab[k] == p_t[k][i] and lab[k] in targets for k in kinds)
         for i, lab in enumerate(l_t)
     ]
-    out = {"ua": sum(erased) / max(1, len(erased))}
+    # every rate carries the number of images it rests on (``<rate>_n``)
+    out = {"ua": sum(erased) / len(erased), "ua_n": len(erased)}
     out["ira"] = sum(_acc(p_r, l_r, k) for k in kinds) / len(kinds)
+    out["ira_n"] = len(l_r)
+    # CRA, cross-domain retention, needs a head the target is not of; a one-head world (a
+    # class-per-folder testbed) has none, so CRA is left out, not reported as 0
     others = [h for h in world.heads if h not in kinds]
     for h in others:
         out[f"cra_{h}"] = _acc(p_r, l_r, h)
-    out["cra"] = sum(out[f"cra_{h}"] for h in others) / max(1, len(others))
-    # not part of UnlearnCanvas: the other heads' accuracy on the TARGET prompts' images, which
-    # shows whether erasing a style also destroyed the object it was drawn on (see docs/metrics.md)
     if others:
+        out["cra"] = sum(out[f"cra_{h}"] for h in others) / len(others)
+        out["cra_n"] = len(l_r)
+        # not part of UnlearnCanvas: the other heads' accuracy on the TARGET prompts' images,
+        # which shows whether erasing a style also destroyed the object it was drawn on
         out["target_cra"] = sum(_acc(p_t, l_t, h) for h in others) / len(others)
+        out["target_cra_n"] = len(l_t)
     if cfg.fid and world.name == "toycanvas":
-        real = real_images(world, without, cfg.n_per_prompt, cfg.real_seed)
+        real = real_images(world, without, per_prompt(cfg, len(without)), cfg.real_seed)
         f_gen = features(model.evaluator.features, images_r)
         f_real = features(model.evaluator.features, real)
         out["fid"] = frechet_distance(f_gen, f_real)

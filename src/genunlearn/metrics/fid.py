@@ -26,7 +26,12 @@ def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:
 
 
 def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2) of two feature sets [N, D]."""
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2) of two feature sets [N, D].
+
+    Non-finite features give NaN (reported as such), never a linear-algebra error or a number.
+    """
+    if not (torch.isfinite(feats_a).all() and torch.isfinite(feats_b).all()):
+        return float("nan")
     mu_a, s_a = _stats(feats_a)
     mu_b, s_b = _stats(feats_b)
     ra = _sqrt_psd(s_a)
@@ -46,6 +51,8 @@ def kernel_distance(
     Unlike FID it is unbiased at small sample sizes, which suits toy-world evaluations.
     """
     a, b = feats_a.double(), feats_b.double()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return float("nan")
     m = min(subset_size, len(a), len(b))
     if m < 2:
         raise ValueError("KID needs at least 2 samples in each set")

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from genunlearn.types import GenUnlearnError
+
 WEIGHTS = "evaluator.safetensors"
 META = "evaluator.json"
 
@@ -87,7 +89,17 @@ class Evaluator(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 256) -> dict[str, list[str]]:
-        """Label names per head for images [N, 3, H, W] in [0, 1]."""
+        """Label names per head for images [N, 3, H, W] in [0, 1].
+
+        Raises:
+            GenUnlearnError: the images hold NaN or infinity (broken images are never labelled,
+                so a broken model can never score as a perfect erasure).
+        """
+        if not torch.isfinite(images).all():
+            raise GenUnlearnError(
+                "the evaluator was given NaN or infinite images; they come from a broken model "
+                "and cannot be labelled"
+            )
         was = self.training
         self.eval()
         out: dict[str, list[str]] = {k: [] for k in self.heads_labels}

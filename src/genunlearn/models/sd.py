@@ -37,13 +37,59 @@ def check_directory(path: Path) -> None:
             f"{path} is not a diffusers pipeline directory: model_index.json is missing "
             f"(expected a StableDiffusionPipeline saved with save_pretrained, with {', '.join(REQUIRED)})"
         )
-    listed = json.loads(index.read_text())
+    try:
+        listed = json.loads(index.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise GenUnlearnError(
+            f"{index} is not valid JSON ({e}); the pipeline directory is damaged"
+        ) from None
+    if not isinstance(listed, dict):
+        raise GenUnlearnError(
+            f"{index} must hold a JSON object naming the pipeline components, got {type(listed).__name__}"
+        )
     for comp in REQUIRED:
         if comp not in listed or not (path / comp).is_dir():
             raise GenUnlearnError(
                 f"{path} is not a Stable Diffusion pipeline: component {comp!r} is missing "
                 f"(needs {', '.join(REQUIRED)})"
             )
+
+
+def check_sampling(prompts: list, n, steps, guidance, seed) -> None:
+    """Clear errors for sampling arguments that would give meaningless images."""
+    import math
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not prompts or any(not isinstance(p, str) for p in prompts):
+        raise GenUnlearnError(f"prompts must be a non-empty list of texts, got {prompts!r}")
+    if not is_int(n) or n < 1:
+        raise GenUnlearnError(f"n (images per prompt) must be an integer >= 1, got {n!r}")
+    if not is_int(steps) or steps < 1:
+        raise GenUnlearnError(f"steps must be an integer >= 1, got {steps!r}")
+    if (
+        isinstance(guidance, bool)
+        or not isinstance(guidance, (int, float))
+        or not math.isfinite(guidance)
+    ):
+        raise GenUnlearnError(f"guidance must be a finite number, got {guidance!r}")
+    if not is_int(seed) or not 0 <= seed < 2**63 - n:
+        raise GenUnlearnError(f"seed must be an integer in 0 .. 2**63-1-n, got {seed!r}")
+
+
+def _check_memattn_state(m) -> None:
+    """MemAttn's inference state: ``{"c1": finite number, "mask": bool, "mask_eos": bool}``."""
+    import math
+
+    want = "a mapping with c1 (a finite number), mask and mask_eos (true/false)"
+    if not isinstance(m, dict) or set(m) - {"c1", "mask", "mask_eos"}:
+        raise GenUnlearnError(f"inference state memattn must be {want}, got {m!r}")
+    c1 = m.get("c1", 1.25)
+    if isinstance(c1, bool) or not isinstance(c1, (int, float)) or not math.isfinite(c1):
+        raise GenUnlearnError(f"inference state memattn must be {want}, got c1={c1!r}")
+    if any(not isinstance(m.get(k, False), bool) for k in ("mask", "mask_eos")):
+        raise GenUnlearnError(f"inference state memattn must be {want}, got {m!r}")
 
 
 def directory_hash(path: Path) -> str:
@@ -121,10 +167,13 @@ class SDAdapter:
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 p, dtype=torch.float32, safety_checker=None, feature_extractor=None,
-                requires_safety_checker=False, local_files_only=True,
+                requires_safety_checker=False, local_files_only=True, use_safetensors=True,
             )  # fmt: skip
-        except (OSError, ValueError, KeyError) as e:
-            raise GenUnlearnError(f"could not load the pipeline in {p}: {e}") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "safetensors" in first:
+                first += " (genunlearn loads .safetensors weights only: pickle files can run code)"
+            raise GenUnlearnError(f"could not load the pipeline in {p}: {first}") from None
         pipe.set_progress_bar_config(disable=True)
         world = evaluator_dir = sampling = None
         if (p / "world.json").is_file():
@@ -191,6 +240,41 @@ class SDAdapter:
             for n, p in module.named_parameters():
                 yield f"{cname}.{n}", p
 
+    def weights_fingerprint(self) -> str:
+        """sha256 of everything that decides this model's images: every parameter's bytes, the
+        attached add-ons' tensors, the inference state and the output filters.
+
+        Unlike :attr:`base_hash` (the files the model was loaded from, which every copy and every
+        edit keeps), it changes whenever the weights do; caches of generated images key on it.
+        """
+        from genunlearn.models.addons import attached
+
+        h = hashlib.sha256()
+
+        def put(name: str, t: torch.Tensor) -> None:
+            t = t.detach().contiguous().cpu()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            if t.numel():
+                h.update(t.view(-1).view(torch.uint8).numpy().data)
+
+        for n, p in self.named_parameters():
+            put(n, p)
+        for i, addon in enumerate(attached(self)):
+            h.update(
+                f"addon{i}|{addon.kind}|{json.dumps(addon.meta, sort_keys=True, default=str)}".encode()
+            )
+            for k in sorted(addon.tensors):
+                put(f"addon{i}.{k}", addon.tensors[k])
+        h.update(json.dumps(self.inference, sort_keys=True, default=str).encode())
+        for i, f in enumerate(self.output_filters):  # their settings and fixed tensors
+            h.update(f"filter{i}|{type(f).__name__}".encode())
+            for k, v in sorted(getattr(f, "__dict__", {}).items()):
+                if torch.is_tensor(v):
+                    put(f"filter{i}.{k}", v)
+                elif isinstance(v, (str, int, float, list, tuple)):
+                    h.update(f"{k}={v!r}".encode())
+        return h.hexdigest()
+
     def cross_attention_layers(self) -> dict[str, torch.nn.Module]:
         """UNet cross-attention modules (``…attn2``) by name, in model order."""
         return {n: m for n, m in self.pipe.unet.named_modules() if n.endswith("attn2")}
@@ -254,8 +338,10 @@ class SDAdapter:
         from tqdm.auto import tqdm
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        steps = int(steps or self.sampling["steps"])
-        guidance = float(self.sampling["guidance"] if guidance is None else guidance)
+        steps = self.sampling["steps"] if steps is None else steps
+        guidance = self.sampling["guidance"] if guidance is None else guidance
+        check_sampling(prompts, n, steps, guidance, seed)
+        steps, guidance = int(steps), float(guidance)
         neg = negative_prompt if negative_prompt is not None else self.inference.get(
             "negative_prompt", ""
         )  # fmt: skip
@@ -281,6 +367,12 @@ class SDAdapter:
             out.append(self.decode(lat))
         # a normal tensor (not an inference tensor), so that callers may use it in autograd
         images = torch.cat(out).clone()
+        if not torch.isfinite(images).all():
+            raise GenUnlearnError(
+                f"model {self.model_id} generated NaN or infinite images (its weights or "
+                "inference state are broken, e.g. a diverged erasure); nothing can be measured "
+                "on them"
+            )
         self.last_blocked = None
         if self.output_filters:
             from genunlearn.models.filtered import apply_filters
@@ -339,11 +431,19 @@ class SDAdapter:
 
     def apply_inference(self, state: dict[str, Any]) -> None:
         """Install inference-time wrapper state (``negative_prompt``, ``memattn``)."""
+        if not isinstance(state, dict):
+            raise GenUnlearnError(f"inference state must be a mapping, got {state!r}")
         unknown = set(state) - {"negative_prompt", "memattn"}
         if unknown:
             raise GenUnlearnError(
                 f"unknown inference state {sorted(unknown)}; supported: negative_prompt, memattn"
             )
+        if "negative_prompt" in state and not isinstance(state["negative_prompt"], str):
+            raise GenUnlearnError(
+                f"inference state negative_prompt must be text, got {state['negative_prompt']!r}"
+            )
+        if "memattn" in state:
+            _check_memattn_state(state["memattn"])
         self.inference.update(state)
 
     def _attention_wrapper(self, prompts: list[str]):

@@ -30,6 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from genunlearn.models.sd_configs import SCHEDULER_CONFIG  # SD's training schedule
+from genunlearn.types import GenUnlearnError
 
 log = logging.getLogger("genunlearn.testbed")
 
@@ -130,6 +131,18 @@ class TrainRecipe:
 
 
 # --------------------------------------------------------------------------- helpers
+def _load_checkpoint(path: Path):
+    """A training checkpoint, read with ``weights_only=True`` (tensors and plain containers only,
+    never code): anything else is refused with a clear error instead of being executed."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling errors have many types
+        raise GenUnlearnError(
+            f"checkpoint {path} cannot be read as plain tensors ({type(e).__name__}); it is "
+            "damaged or was not written by genunlearn: delete it to restart that stage"
+        ) from None
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -255,7 +268,7 @@ def _stage_vae(work: Path, data: dict, recipe: TrainRecipe, progress: bool):
     ck = work / "vae_ckpt.pt"
     start = 0
     if ck.is_file():
-        state = torch.load(ck, weights_only=False)
+        state = _load_checkpoint(ck)
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start = state["step"]
@@ -287,7 +300,7 @@ def _stage_vae(work: Path, data: dict, recipe: TrainRecipe, progress: bool):
 def _stage_latents(work: Path, vae, data: dict) -> torch.Tensor:
     path = work / "latents.pt"
     if path.is_file():
-        return torch.load(path)
+        return _load_checkpoint(path)
     x_all = torch.from_numpy(data["images"]).permute(0, 3, 1, 2)
     lat = torch.cat(
         [
@@ -311,7 +324,7 @@ def _stage_unet(work: Path, pipe, latents, data, recipe: TrainRecipe, progress: 
     ck = work / "unet_ckpt.pt"
     start = 0
     if ck.is_file():
-        state = torch.load(ck, weights_only=False)
+        state = _load_checkpoint(ck)
         unet.load_state_dict(state["unet"])
         te.load_state_dict(state["te"])
         opt.load_state_dict(state["opt"])
@@ -391,12 +404,19 @@ def train_testbed(
 
     recipe = recipe or TrainRecipe()
     out = Path(out_dir)
+    rfile = out / "recipe.json"
+    # (train.log: the background launcher's log, written before training starts)
+    foreign = out.is_dir() and any(f.name != "train.log" for f in out.iterdir())
+    if out.exists() and (not out.is_dir() or (foreign and not rfile.is_file())):
+        raise GenUnlearnError(
+            f"{out} exists and is not a testbed training directory (no recipe.json); choose a "
+            "new --out directory (an existing one is only resumed, never overwritten)"
+        )
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    rfile = out / "recipe.json"
     meta = {"recipe": asdict(recipe), "data": str(data_dir) if data_dir else "toycanvas"}
     if rfile.is_file() and json.loads(rfile.read_text()) != meta:
-        raise ValueError(
+        raise GenUnlearnError(
             f"{out} holds a training run with a different recipe ({rfile}); "
             "use a new --out directory or the same settings to resume"
         )

@@ -56,6 +56,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -298,8 +299,10 @@ def train_memorizing(
     te.eval().requires_grad_(False)
 
     # write next to the target, then rename: a crash never leaves a half-written variant behind
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # (a fresh, uniquely named directory of our own: a user's "<out>.partial" is never touched)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the variant is an ordinary directory
     # float32: the VAE is shared with the caller's adapter (no dtype round trip on it), and the
     # memorized details survive exactly
     model.pipe.save_pretrained(tmp, safe_serialization=True)

@@ -110,7 +110,11 @@ def _summary_html(table: list[dict[str, Any]]) -> str:
         "<p>Mean ± sample std over all finished cells (concepts and seeds) of a method; "
         "UA, IRA, CRA in %.</p>"
     )
-    out.append(_table(*tables.display_columns(table, overall), "summary"))
+    headers, body = tables.display_columns(table, overall)
+    out.append(_table(headers, body, "summary"))
+    notes = tables.table_notes(body).strip()
+    if notes:
+        out += [f'<p class="note">{_e(n)}</p>' for n in notes.split("\n\n")]
     if per_kind:
         out.append("<h3>By concept kind</h3>")
         out.append(_table(*tables.display_columns(table, per_kind), "summary-by-kind"))

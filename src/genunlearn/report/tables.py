@@ -11,6 +11,7 @@ and ``"–"`` in Markdown and HTML.
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 MISSING = "–"
 KIND_ORDER = ("style", "object", "colour")
 KIND_METRICS = ("ua", "ira", "cra")
+RATE_METRICS = ("ua", "ira", "cra")  # rates shown with their image count and 95% interval
+UNDEFINED = "n/d"  # a rate the world cannot define (CRA of a one-attribute world)
 ID_COLUMNS = ("name", "model", "method", "label", "n_cells", "n_failed")
 
 # base column -> (row metric, scale applied to the raw value, header, display format)
@@ -135,12 +138,41 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for base, (metric, scale, _, _) in SUMMARY_METRICS.items():
             vals = [r["value"] * scale for r in mine if r.get("metric") == metric]
             row[f"{base}_mean"], row[f"{base}_std"] = mean_std(vals)
+        for m in RATE_METRICS:
+            row[f"{m}_n"], ci = pooled_rate(mine, m)
+            row[f"{m}_ci_low"], row[f"{m}_ci_high"] = ci or (None, None)
+            # a rate a cell's world cannot define (CRA of a one-attribute world) is absent from
+            # rows that report UA; say so instead of showing it as merely missing
+            row[f"{m}_undefined"] = row[f"{m}_mean"] is None and row["ua_mean"] is not None
         for kind in kinds:
             for m in KIND_METRICS:
                 vals = [r["value"] for r in mine if r.get("metric") == m and r.get("kind") == kind]
                 row[f"{kind}_{m}_mean"], row[f"{kind}_{m}_std"] = mean_std(vals)
         table.append(row)
     return table
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% for ``z`` 1.96); stays inside [0, 1] and is
+    sensible at rates of 0 or 1, unlike the normal approximation."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def pooled_rate(rows: Sequence[dict[str, Any]], metric: str):
+    """``(images, 95% interval)`` of a rate pooled over cells that recorded its count
+    (``<metric>_n`` rows, written by the UnlearnCanvas protocol); ``(None, None)`` without."""
+    by_cell: dict[Any, dict[str, float]] = {}
+    for r in rows:
+        if r.get("metric") in (metric, f"{metric}_n") and r.get("value") is not None:
+            by_cell.setdefault(r.get("cell"), {})[r["metric"]] = float(r["value"])
+    pairs = [(v[metric], int(v[f"{metric}_n"])) for v in by_cell.values() if len(v) == 2]
+    n = sum(k for _, k in pairs)
+    if not n:
+        return None, None
+    return n, wilson_interval(sum(rate * k for rate, k in pairs), n)
 
 
 def column_groups(table: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
@@ -274,9 +306,13 @@ def cell_text(row: dict[str, Any], base: str) -> str:
     kind = SUMMARY_METRICS[base][3] if base in SUMMARY_METRICS else "pct"
     mean, std = row.get(f"{base}_mean"), row.get(f"{base}_std")
     if mean is None:
-        return MISSING
+        return UNDEFINED if row.get(f"{base}_undefined") else MISSING
     text = fmt(mean, kind)
-    return text if std is None else f"{text} ± {fmt(std, kind, ref=mean)}"
+    text = text if std is None else f"{text} ± {fmt(std, kind, ref=mean)}"
+    lo, hi = row.get(f"{base}_ci_low"), row.get(f"{base}_ci_high")
+    if lo is not None and hi is not None:
+        text += f" [{fmt(lo, 'pct')}–{fmt(hi, 'pct')}, n={row.get(f'{base}_n')}]"
+    return text
 
 
 def header_text(base: str) -> str:
@@ -324,7 +360,21 @@ def to_markdown(table: Sequence[dict[str, Any]], bases: Sequence[str] | None = N
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
     out = [line(headers), "|" + "|".join("---" for _ in headers) + "|"]
-    return "\n".join(out + [line(b) for b in body]) + "\n"
+    return "\n".join(out + [line(b) for b in body]) + "\n" + table_notes(body)
+
+
+def table_notes(body: Sequence[Sequence[str]]) -> str:
+    """Footnotes for the marks a displayed table uses (empty when it uses none)."""
+    cells = [str(c) for b in body for c in b]
+    notes = []
+    if any(c == UNDEFINED for c in cells):
+        notes.append(
+            f"{UNDEFINED}: not defined for this world (CRA needs a second attribute, e.g. a "
+            "style beside the object; a class-per-folder world has one)."
+        )
+    if any("n=" in c for c in cells):
+        notes.append("[a–b, n=N]: 95% Wilson interval of the rate pooled over N images.")
+    return "".join(f"\n{n}\n" for n in notes)
 
 
 def write_csv(table: Sequence[dict[str, Any]], path: str | Path) -> Path:
