@@ -63,12 +63,60 @@ def test_the_cap_keeps_the_weights_selected_at_most_steps():
     assert int(mask.sum()) == 2 and mask[:, 0].all()
 
 
-def test_paired_prompts_swap_the_target_for_another_concept(tiny_model):
-    targets, bases = paired_prompts(tiny_model, gu.ErasureTask("star"), ConceptPruneConfig())
-    assert len(targets) == len(bases) == 8  # one per style
+@pytest.mark.parametrize(
+    ("target", "drop"),
+    [("striped", ("in", "striped", "style")), ("red", ("red",)), ("star", None)],
+)
+def test_base_prompts_are_the_captions_without_the_concept(tiny_model, target, drop):
+    """The paper's pairs ("a cat" / "a cat in the style of Van Gogh"), not a sibling concept."""
+    targets, bases = paired_prompts(tiny_model, gu.ErasureTask(target), ConceptPruneConfig())
+    world = tiny_model.world
+    has, _ = world.split([target])
+    assert targets == [world.caption(lab) for lab in has]
+    others = {c for k, names in world.heads.items() for c in names if c != target}
     for t, b in zip(targets, bases, strict=True):
-        assert "star" in t and "star" not in b
-        assert t.replace("star", "heart") == b  # the next object of the world
+        assert target in t.split() and target not in b.split()
+        assert not (set(b.split()) & others) - set(t.split())  # no other concept comes in
+        if drop is None:  # an object leaves the world's generic noun in its place
+            assert b == t.replace(f" {target} ", " shape ")
+        else:
+            assert b.split() == [w for w in t.split() if w not in drop]
+
+
+def test_the_base_prompt_of_a_one_attribute_world_is_the_empty_prompt():
+    from genunlearn.data.world import World
+    from genunlearn.methods.concept_prune import caption_without
+
+    world = World("pets", {"class": ("cat", "dog")}, "a photo of a {class}")
+    assert caption_without(world, {"class": "cat"}, ["class"]) == ""
+
+
+def test_erase_scores_the_target_prompts_against_the_base_prompts(tiny_model, monkeypatch):
+    """Column 3 fires for the target prompts, column 7 for the base prompts: only column 3's
+    weights are pruned (swapping the roles would prune column 7's)."""
+    from genunlearn.methods import concept_prune
+
+    tp, bp = ("a red star in flat style",), ("a red shape in flat style",)
+
+    def fake_norms(model, prompts, cfg):
+        col = 3 if prompts == list(tp) else 7
+        out = {}
+        for name, layer in pruned_layers(model, cfg.hook_module).items():
+            x = torch.full((5, layer.in_features), 1.0)
+            x[:, col] = 1e3
+            out[name] = x
+        return out
+
+    monkeypatch.setattr(concept_prune, "column_norms", fake_norms)
+    run = gu.erase(
+        tiny_model, "concept_prune", "star", preset="smoke", target_prompts=tp, base_prompts=bp,
+        skill_ratio=0.01, max_fraction=1.0, union_steps=2,
+    )  # fmt: skip
+    assert run.result.changed
+    for name, new in run.result.changed.items():
+        old = dict(tiny_model.named_parameters())[name]
+        moved = (new != old).nonzero()[:, 1].unique().tolist()
+        assert moved == [3]
 
 
 def test_column_norms_are_recorded_per_denoising_step(tiny_model):

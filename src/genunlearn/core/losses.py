@@ -10,7 +10,7 @@ def negative_guidance_target(
 ) -> torch.Tensor:
     """ESD's target: the unconditional prediction pushed *away* from the concept by ``eta``.
 
-    ``e_uncond - eta * (e_cond - e_uncond)``; with ``erase_from`` prompts the caller passes the
-    anchor's prediction as ``e_uncond`` (the new ESD code's "erase A from B").
+    ``e_uncond - eta * (e_cond - e_uncond)`` (ESD's ``erase_from`` builds its own target from
+    this difference: see ``methods/esd.py``).
     """
     return e_uncond - eta * (e_cond - e_uncond)

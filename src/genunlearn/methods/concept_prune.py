@@ -21,9 +21,11 @@ sampler steps, plain union; tau is chosen per concept in the paper (Table 7, not
 
 Prompts: ``target_prompts`` / ``base_prompts`` if given (paired, same length). Otherwise, on a
 model with a labelled world, the target prompts are the world's evaluation captions that contain
-the target and each base prompt is the same caption with the target replaced by the next concept
-of its kind (the paper pairs "a cat" with "a cat in the style of Van Gogh"); on a plain
-checkpoint the target text is paired with the empty prompt.
+the target and each base prompt is the same caption *without* the concept, as in the paper ("a
+cat" / "a cat in the style of Van Gogh", "a room" / "a parachute in a room"): its words leave
+with it ("a red star in striped style" -> "a red star"), an object leaves the world's generic
+noun ("a red shape in striped style"), a one-attribute caption leaves the empty prompt; on a
+plain checkpoint the target text is paired with the empty prompt.
 
 Differences from the official code: the union is capped at ``max_fraction`` of each layer's
 weights (the weights selected at the most steps, then by the largest target-minus-base score,
@@ -31,7 +33,8 @@ are kept), so the pruned share never exceeds the configured fraction (the paper 
 0.12 % of all weights pruned, well under the 1 % default cap); images of a prompt are generated
 with seeds ``seed .. seed + n - 1`` by the library's own sampler.
 
-Measured on toy-sd (UnlearnCanvas protocol, 1 image per prompt, seed 0): the toy preset (30 % of
+Measured on toy-sd (UnlearnCanvas protocol, 1 image per prompt, seed 0; base prompts were then
+the caption with the target swapped for the next concept of its kind): the toy preset (30 % of
 the FFN weights, every step) gives star UA 50 % / IRA 100 % / CRA 99 %; 5 % gives UA 0 %, 50 %
 gives star UA 62 % and striped UA 0 %. The tiny toy UNet does not localise a concept in a few
 FFN neurons the way SD-1.5 does, so the paper's 80 %+ erasure is not reached here: **the
@@ -119,6 +122,49 @@ def pruned_layers(model, hook_module: str = "ffn") -> dict[str, torch.nn.Linear]
     }
 
 
+def _generic_noun(world, kind: str) -> str | None:
+    """The word the world's prompts use in place of a concept of ``kind`` when they leave it out
+    ("shape" in ToyCanvas' "a shape in striped style"), read off the world's phrases: a word of
+    every other kind's phrase that is in neither the caption template nor ``kind``'s phrase."""
+    phrases = world.phrases or {}
+    if kind not in phrases or len(phrases) < 2:
+        return None
+    words = set(world.template.split()) | set(phrases[kind].split())
+    extra = [set(p.split()) - words for k, p in phrases.items() if k != kind]
+    common = set.intersection(*extra) if extra else set()
+    return sorted(common)[0] if len(common) == 1 else None
+
+
+def caption_without(world, labels: dict[str, str], kinds: list[str]) -> str:
+    """The caption of ``labels`` with its concepts of ``kinds`` left out (ConceptPrune's base).
+
+    A field goes with the words the template attaches to it: a connective after an earlier field
+    ("in") and a suffix after the last field ("style"). Where the world's phrases name a generic
+    noun for a missing concept of that kind (an object), it takes the field's place. A caption
+    left with no concept at all is the empty prompt.
+    """
+
+    def is_field(w: str) -> bool:
+        return w.startswith("{") and w.endswith("}")
+
+    words = world.template.split()
+    # right to left, so that a generic noun put in is never taken for a later field's words
+    for kind in sorted(kinds, key=lambda k: -words.index("{" + k + "}")):
+        i = words.index("{" + kind + "}")
+        lo, hi = i, i + 1
+        while lo > 0 and not is_field(words[lo - 1]):
+            lo -= 1
+        while hi < len(words) and not is_field(words[hi]):
+            hi += 1
+        start = lo if lo > 0 else i  # words before the first field (an article) stay
+        end = hi if hi == len(words) else i + 1  # words before a later field belong to it
+        noun = _generic_noun(world, kind)
+        words = words[:start] + ([noun] if noun else []) + words[end:]
+    if not any(is_field(w) for w in words):
+        return ""
+    return " ".join(words).format(**{k: v for k, v in labels.items() if k not in kinds})
+
+
 def paired_prompts(model, task, cfg: ConceptPruneConfig) -> tuple[list[str], list[str]]:
     """(target prompts, base prompts), paired one to one."""
     if cfg.target_prompts is not None or cfg.base_prompts is not None:
@@ -133,16 +179,10 @@ def paired_prompts(model, task, cfg: ConceptPruneConfig) -> tuple[list[str], lis
     if world is None or not all(world.kind_of(t) for t in task.targets):
         return list(task.targets), [""] * len(task.targets)
     has, _ = world.split(list(task.targets))
-    targets, bases = [], []
-    for lab in has:
-        swapped = dict(lab)
-        for kind, value in lab.items():
-            if value in task.targets:
-                names = world.heads[kind]
-                nxt = [n for n in names[names.index(value) + 1 :] + names if n not in task.targets]
-                swapped[kind] = nxt[0]
-        targets.append(world.caption(lab))
-        bases.append(world.caption(swapped))
+    targets = [world.caption(lab) for lab in has]
+    bases = [
+        caption_without(world, lab, [k for k, v in lab.items() if v in task.targets]) for lab in has
+    ]
     return targets, bases
 
 

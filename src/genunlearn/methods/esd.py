@@ -9,8 +9,15 @@ schedule, samples x_t by running the current model from noise with the concept p
 
     eps_theta(x_t, c, t)  onto  eps*(x_t, a, t) - eta * [eps*(x_t, c, t) - eps*(x_t, a, t)]
 
-with MSE, where eps* is the frozen original and a is the empty prompt (or the ``erase_from``
-prompt, the newer code's "erase concept A from B").
+with MSE, where eps* is the frozen original and a is the empty prompt. ``erase_from`` = B is the
+newer code's "erase concept A from B" (``esd_sd.py``): the trajectories are drawn with B, the
+*student is conditioned on B*, and the target keeps B's own prediction minus A's guidance,
+
+    eps_theta(x_t, B, t)  onto  eps*(x_t, B, t) - eta * [eps*(x_t, c, t) - eps*(x_t, a, t)],
+
+so "erase hat from cowboy" trains the cowboy prompt to lose the hat (c = A = the concept). That
+script uses eta 2 by default; without B its target eps*(c) - eta (eps*(c) - eps*(a)) equals the
+paper's with eta - 1, so the paper's form (above) is kept there.
 
 Symbols: eta = ``negative_guidance``; n = ``ddim_steps``; the trained weights are a selector
 (``core.params``): ``xattn`` = ESD-x (cross-attention; styles, specific concepts), ``noxattn`` =
@@ -19,7 +26,9 @@ ESD-u (everything but cross-attention; global concepts such as nudity), ``full``
 
 Defaults are the paper-era code: 1000 iterations, Adam lr 1e-5, batch 1, start guidance 3,
 negative guidance 1, 50 DDIM steps. Differences from the official code: one implementation for
-both code generations (the newer diffusers script's defaults are 200 iterations, lr 5e-5, eta 2);
+both code generations (the newer diffusers script's defaults are 200 iterations, lr 5e-5, eta 2,
+and it draws the trajectories with the frozen original; here the current model draws them, as in
+the paper-era code, also with ``erase_from``);
 several targets are erased by drawing one target per iteration (as the newer "alt" script does);
 ``batch_size`` > 1 averages the loss over several trajectories per step (the toy preset uses 4
 to cut variance on a CPU).
@@ -89,7 +98,8 @@ class ESDConfig:
         start_guidance: CFG scale of the partial trajectories.
         ddim_steps: length of the DDIM schedule the trajectories are drawn from.
         batch_size: trajectories per iteration.
-        erase_from: anchor prompt a (None: the empty prompt).
+        erase_from: prompt B to erase the concept from (None: erase it everywhere). The student
+            is conditioned on B and regressed onto eps*(B) - eta (eps*(c) - eps*(empty)).
         prompt: the concept prompt c (None: each target's in-distribution prompt from the model's
             world, ``World.prompt``: "a shape in striped style", "a star"; free text as given;
             "captions": the world's full captions that contain the target, one drawn per
@@ -141,8 +151,8 @@ def erase(model, task, cfg: ESDConfig) -> ErasureResult:
         texts = [world.prompt(t) if world and world.kind_of(t) else t for t in task.targets]
     with torch.no_grad():
         emb_c = model.encode_prompt(texts)
-        emb_a = model.encode_prompt([cfg.erase_from or ""])
         emb_u = model.encode_prompt([""])
+        emb_b = model.encode_prompt([cfg.erase_from]) if cfg.erase_from else None
     params = trainable(model, cfg.train_method)
     b = cfg.batch_size
 
@@ -150,17 +160,27 @@ def erase(model, task, cfg: ESDConfig) -> ErasureResult:
         i = int(torch.randint(len(texts), (1,), generator=g))
         k = int(torch.randint(cfg.ddim_steps, (1,), generator=g))
         c = emb_c[i : i + 1].expand(b, -1, -1)
+        u = emb_u.expand(b, -1, -1)
+        # the prompt the student is trained on (and the trajectories drawn with): the concept
+        # itself, or B of "erase c from B"
+        s = c if emb_b is None else emb_b.expand(b, -1, -1)
         noise = torch.randn((b, *model.latent_shape), generator=g)
-        x_t, t = partial_trajectory(
-            model, c, emb_u.expand(b, -1, -1), cfg.ddim_steps, k, cfg.start_guidance, noise
-        )
-        with torch.no_grad():
+        x_t, t = partial_trajectory(model, s, u, cfg.ddim_steps, k, cfg.start_guidance, noise)
+        with torch.no_grad():  # every term of the target comes from the frozen original
             e_c = teacher.predict_noise(x_t, t, c)
-            e_a = teacher.predict_noise(x_t, t, emb_a.expand(b, -1, -1))
-            target = negative_guidance_target(e_c, e_a, cfg.negative_guidance)
-        return F.mse_loss(model.predict_noise(x_t, t, c), target)
+            e_u = teacher.predict_noise(x_t, t, u)
+            if emb_b is None:
+                target = negative_guidance_target(e_c, e_u, cfg.negative_guidance)
+            else:
+                target = teacher.predict_noise(x_t, t, s) - cfg.negative_guidance * (e_c - e_u)
+        return F.mse_loss(model.predict_noise(x_t, t, s), target)
 
     losses = finetune(
         params, loss_fn, cfg.steps, cfg.lr, progress=cfg.progress, desc="esd"
     )  # fmt: skip
-    return ErasureResult(info={"prompts": texts, "first_loss": losses[0], "final_loss": losses[-1]})
+    return ErasureResult(
+        info={
+            "prompts": texts, "student_prompts": [cfg.erase_from] if cfg.erase_from else texts,
+            "first_loss": losses[0], "final_loss": losses[-1],
+        }
+    )  # fmt: skip
