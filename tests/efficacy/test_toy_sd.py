@@ -41,7 +41,7 @@ def test_original_keeps_and_uce_erases(toy, concept):
 
 def test_negative_prompt_acts_on_sampling_only(toy):
     """The negative prompt changes generations but no weight (it does not erase a concept that
-    the prompt names explicitly on toy-sd: measured UA stays ~0, see the README)."""
+    the prompt names explicitly on toy-sd: see docs/results.md#negative_prompt)."""
     run = gu.erase(toy, "negative_prompt", "heart", samples=False)
     assert run.result.changed == {}
     p = ["a red heart in flat style"]

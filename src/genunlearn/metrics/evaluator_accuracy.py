@@ -1,7 +1,7 @@
 """Accuracy of a world's evaluator on fresh ToyCanvas images (seeds never used in training).
 
 The evaluator is the judge of every toy-world figure (UA / IRA / CRA, attack success), so its own
-accuracy is printed by ``genunlearn eval evaluator`` and quoted in the README.
+accuracy is printed by ``genunlearn eval evaluator`` (figures: docs/results.md#testbed-quality).
 """
 
 from __future__ import annotations
