@@ -61,3 +61,84 @@ def test_bad_alternatives_are_clear_errors(tiny_model):
         gu.erase(tiny_model, "all_but_one", gu.ErasureTask("star", anchor="striped"))
     with pytest.raises(gu.GenUnlearnError, match="needs task.anchor"):
         gu.erase(tiny_model, "all_but_one", "a glowing lantern", preset="smoke")
+
+
+# --- the objective, pinned at the first training step ---------------------------------------
+
+
+class _Stop(Exception):
+    """Raised by the stand-in training loop once it has taken the first loss."""
+
+
+def _first_step(monkeypatch, model, task, **overrides):
+    """Run all_but_one on a copy of ``model`` up to its first loss.
+
+    The stand-in for ``finetune`` first nudges the trainable weights, so that the student no
+    longer equals the frozen original and a prediction taken from the wrong one shows. Returns
+    (student, its trainable parameters, the step-0 loss, its gradients, the step's generator
+    seed).
+    """
+    from genunlearn import registry
+    from genunlearn.config import build_config
+    from genunlearn.methods import all_but_one
+
+    entry = registry.get("method", "all_but_one")
+    cfg = build_config(entry.config, entry.presets["smoke"], overrides)
+    work, out = model.copy(), {}
+
+    def fake_finetune(params, loss_fn, steps, lr, **kw):
+        g = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for p in params.values():
+                p.add_(0.2 * p.std() * torch.randn(p.shape, generator=g))
+        loss = loss_fn(0, torch.Generator().manual_seed(11))
+        grads = torch.autograd.grad(loss, list(params.values()))
+        out.update(params=params, loss=loss.detach(), grads=grads)
+        raise _Stop
+
+    monkeypatch.setattr(all_but_one, "finetune", fake_finetune)
+    torch.manual_seed(0)
+    with pytest.raises(_Stop):
+        entry.fn(work, task, cfg)
+    return work, out["params"], out["loss"], out["grads"], 11
+
+
+def test_loss_is_the_guidance_surgery_plus_the_unconditional_constraint(tiny_model, monkeypatch):
+    """||[eps_theta(c) - eps_theta("")] - [eps*(a) - eps*("")]||^2 + lambda_u ||eps_theta("") -
+    eps*("")||^2 at step 0, with eps* the frozen original and the student nudged away from it:
+    fails if the alternative's guidance comes from the student, the guidance difference is
+    replaced by the raw predictions (ESD-style) or flips sign, the constraint is dropped, or
+    lambda_u weights the wrong term."""
+    from genunlearn.core.concept_sets import generate_latents
+
+    task = gu.ErasureTask("star", anchor="heart")
+    w_u, b, n = 2.5, 2, 4
+    student, params, loss, grads, seed = _first_step(
+        monkeypatch, tiny_model, task, uncond_weight=w_u, batch_size=b, n_images=n
+    )
+    # independently: the original model's images of the target captions, the step's draws
+    alts, targets, _ = anchor_pairs(tiny_model, task, "all_but_one")
+    data = generate_latents(tiny_model, targets, n)
+    g = torch.Generator().manual_seed(seed)
+    i = torch.randint(len(data), (b,), generator=g)
+    eps = torch.randn(data.latents[i].shape, generator=g)
+    sched = tiny_model.scheduler
+    t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g)
+    x_t = sched.add_noise(data.latents[i], eps, t)
+    with torch.no_grad():
+        c = tiny_model.encode_prompt([targets[k] for k in data.caption[i]])
+        a = tiny_model.encode_prompt([alts[k] for k in data.caption[i]])
+        u = tiny_model.encode_prompt([""] * b)
+        # the alternative's guidance and the unconditional score come from the frozen original
+        frozen_a, frozen_u = (
+            tiny_model.predict_noise(x_t, t, a),
+            tiny_model.predict_noise(x_t, t, u),
+        )
+    e_c, e_u = student.predict_noise(x_t, t, c), student.predict_noise(x_t, t, u)
+    surgery = (e_c - e_u - (frozen_a - frozen_u)).pow(2).mean()
+    constraint = (e_u - frozen_u).pow(2).mean()
+    want = surgery + w_u * constraint
+    assert constraint.item() > 1e-3 * surgery.item()  # the nudge makes both terms matter
+    assert loss.item() == pytest.approx(want.item(), rel=1e-4)
+    for got, ref in zip(grads, torch.autograd.grad(want, list(params.values())), strict=True):
+        assert torch.allclose(got, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()))

@@ -64,3 +64,90 @@ def test_fmn_textual_inversion_targets_its_placeholder_tokens(tiny_model):
     assert run.result.changed
     with pytest.raises(gu.GenUnlearnError, match="ti_tokens must be >= 1"):
         gu.erase(tiny_model, "forget_me_not", "star", preset="smoke", use_ti=True, ti_tokens=0)
+
+
+class _Stop(Exception):
+    """Raised by the stand-in training loop once it has taken the attention stage's first loss."""
+
+
+def test_textual_inversion_stage_and_the_attention_loss_on_its_tokens(tiny_model, monkeypatch):
+    """Stage 0 is the plain denoising loss of the concept images under captions whose concept
+    words are replaced by the trainable placeholders (initialised from those words, repeated);
+    stage 1 then suppresses attention on the *learned* placeholders (and the end-of-text token).
+
+    The stand-in training loop records stage 0's first loss and gradient, then "learns" by
+    setting the placeholders to the embeddings of three known words, so both stages can be
+    recomputed through the ordinary text encoder: fails if the TI loss is another loss, the
+    placeholders are not spliced in, stage 1 ignores the learned embeddings, or the attention
+    loss looks at the wrong token positions.
+    """
+    from genunlearn import registry
+    from genunlearn.config import build_config
+    from genunlearn.core.adversary import text_ids, token_table
+    from genunlearn.methods import forget_me_not
+
+    b, n_tok, seed, learned = 2, 3, 11, ["dotted", "checkered", "wavy"]
+    entry = registry.get("method", "forget_me_not")
+    cfg = build_config(entry.config, entry.presets["smoke"], {"use_ti": True, "ti_tokens": n_tok})
+    table = token_table(tiny_model)
+    ids = [text_ids(tiny_model, w) for w in learned]
+    assert all(len(i) == 1 for i in ids)
+    rec = {}
+
+    def fake_finetune(params, loss_fn, steps, lr, **kw):
+        loss = loss_fn(0, torch.Generator().manual_seed(seed))
+        if "ti" not in rec:  # stage 0: its parameters are the placeholder embeddings
+            (v,) = params
+            rec["ti"] = (loss.detach(), v.detach().clone(), torch.autograd.grad(loss, v)[0])
+            with torch.no_grad():
+                v.copy_(table[[i[0] for i in ids]])
+            return [loss.item()]
+        rec["attn"] = loss.detach()
+        raise _Stop
+
+    monkeypatch.setattr(forget_me_not, "finetune", fake_finetune)
+    torch.manual_seed(0)
+    with pytest.raises(_Stop):
+        entry.fn(tiny_model.copy(), gu.ErasureTask("striped"), cfg)
+
+    prompts, words = concept_prompts(tiny_model, "striped", b)
+    assert words == "striped style" and all(p.endswith(" striped style") for p in prompts)
+    w_ids = text_ids(tiny_model, words)
+    init = [w_ids[k % len(w_ids)] for k in range(n_tok)]  # the concept words, repeated
+    ti_loss, v0, v_grad = rec["ti"]
+    assert torch.equal(v0, table[init])
+
+    def with_words(tokens):
+        return [p[: -len(words)] + " ".join(tokens) for p in prompts]
+
+    with torch.no_grad():
+        uniq = list(dict.fromkeys(prompts))
+        z0 = tiny_model.encode_images(cached_sample(tiny_model, uniq, n=1, seed=0))
+        z0 = z0[[uniq.index(p) for p in prompts]]
+    sched = tiny_model.scheduler
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(z0), (b,), generator=g)
+    noise = torch.randn(z0[idx].shape, generator=g)
+    t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g)
+    x_t = sched.add_noise(z0[idx], noise, t)
+    # stage 0 through the ordinary text encoder: the init words spelled out in the captions;
+    # the placeholders' gradient is that of the token-table rows they were copied from
+    m = tiny_model.copy()
+    emb_table = m.text_encoder.get_input_embeddings().weight
+    emb_table.requires_grad_(True)
+    tokens = [tiny_model.tokenizer.decode(i) for i in init]
+    cond = m.encode_prompt(with_words(tokens))[idx]
+    want = (m.predict_noise(x_t, t, cond) - noise).pow(2).mean()
+    assert ti_loss.item() == pytest.approx(want.item(), rel=1e-4)
+    row_grad = torch.autograd.grad(want, emb_table)[0]
+    for tok in set(init):  # repeated words share one table row: their gradients add up
+        got = sum(v_grad[k] for k in range(n_tok) if init[k] == tok)
+        assert torch.allclose(got, row_grad[tok], rtol=1e-3, atol=1e-4 * float(got.abs().max()))
+    # stage 1: attention mass on the learned placeholders and the end-of-text token
+    texts = with_words(learned)
+    with torch.no_grad():
+        probs = attention_probs(tiny_model, x_t, t, tiny_model.encode_prompt(texts)[idx])
+    pos = position_mask(tiny_model, texts, [" ".join(learned)] * b, include_eot=True)[idx]
+    assert int(pos[0].sum()) == n_tok + 1
+    mass = sum((p * pos[:, None, None, :]).pow(2).sum().sqrt() for p in probs.values())
+    assert rec["attn"].item() == pytest.approx(float(mass), rel=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import genunlearn as gu
@@ -79,11 +80,119 @@ def test_ewc_holds_weights_near_the_original(tiny_model):
 
 
 def test_surrogate_is_the_generic_concept_of_the_kind_unless_asked_otherwise(tiny_model):
-    import pytest
-
     run = gu.erase(tiny_model, "selective_amnesia", "striped", preset="smoke", seed=0)
     assert all("flat style" in p for p in run.result.info["surrogate_prompts"])
     run = gu.erase(tiny_model, "selective_amnesia", "striped", preset="smoke", surrogate="next")
     assert all("dotted style" in p for p in run.result.info["surrogate_prompts"])
     with pytest.raises(gu.GenUnlearnError, match="surrogate must be one of neutral, next"):
         gu.erase(tiny_model, "selective_amnesia", "striped", preset="smoke", surrogate="far")
+
+
+class _Stop(Exception):
+    """Raised by the stand-in training loop once it has taken the first loss."""
+
+
+def test_loss_is_surrogate_plus_replay_plus_ewc_around_the_original(tiny_model, monkeypatch):
+    """L = l(surrogate images, forget captions) + gamma l(replay) + lambda sum F (theta -
+    theta*)^2 with theta* the original weights, at step 0 after the trained weights were nudged
+    (so the EWC term is not zero): fails if the surrogate images keep their own captions,
+    replay or EWC is dropped or flips sign, gamma is misplaced, or theta* is not the original."""
+    from genunlearn import registry
+    from genunlearn.config import build_config
+    from genunlearn.core.concept_sets import caption_sets
+    from genunlearn.methods import selective_amnesia
+
+    lam, gamma, b = 0.3, 0.5, 2
+    entry = registry.get("method", "selective_amnesia")
+    cfg = build_config(
+        entry.config, entry.presets["smoke"],
+        {"lam": lam, "gamma": gamma, "batch_size": b, "train_method": "xattn"},
+    )  # fmt: skip
+    task, rec = gu.ErasureTask("striped"), {}
+
+    def fake_finetune(params, loss_fn, steps, lr, **kw):
+        g = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for p in params.values():
+                p.add_(0.2 * p.std() * torch.randn(p.shape, generator=g))
+        loss = loss_fn(0, torch.Generator().manual_seed(11))
+        grads = torch.autograd.grad(loss, list(params.values()))
+        rec.update(params=params, loss=loss.detach(), grads=grads)
+        raise _Stop
+
+    monkeypatch.setattr(selective_amnesia, "finetune", fake_finetune)
+    work = tiny_model.copy()
+    torch.manual_seed(0)
+    with pytest.raises(_Stop):
+        entry.fn(work, task, cfg)
+    forget_p, surrogate_p, remain_p = caption_sets(tiny_model, task, neutral=True)
+    assert all(
+        s == f.replace("striped", "flat") for s, f in zip(surrogate_p, forget_p, strict=True)
+    )
+    q = generate_latents(tiny_model, surrogate_p, cfg.n_surrogate_images)
+    replay = generate_latents(tiny_model, remain_p, cfg.n_replay_images)
+    with torch.no_grad():
+        c_forget = tiny_model.encode_prompt(forget_p)
+    base = tiny_model.copy()
+    params0 = select_parameters(base, "xattn")
+    fisher = diagonal_fisher(base, params0, replay, 2, cfg.fisher_timesteps, cfg.fisher_chunk)
+    sched = tiny_model.scheduler
+    g = torch.Generator().manual_seed(11)
+
+    def denoise(data, cond_table):
+        i = torch.randint(len(data), (b,), generator=g)
+        noise = torch.randn(data.latents[i].shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g)
+        x_t = sched.add_noise(data.latents[i], noise, t)
+        return (work.predict_noise(x_t, t, cond_table[data.caption[i]]) - noise).pow(2).mean()
+
+    l_forget = denoise(q, c_forget)  # surrogate images, trained with the *forget* captions
+    l_replay = denoise(replay, replay.emb)
+    params = rec["params"]
+    ewc = sum((fisher[n] * (p - params0[n].detach()).pow(2)).sum() for n, p in params.items())
+    want = l_forget + gamma * l_replay + lam * ewc
+    assert lam * ewc.item() > 0.1 * l_forget.item()  # the EWC term counts
+    assert rec["loss"].item() == pytest.approx(want.item(), rel=1e-4)
+    refs = torch.autograd.grad(want, list(params.values()))
+    for got, ref in zip(rec["grads"], refs, strict=True):
+        assert torch.allclose(got, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
+
+
+class _Plant:
+    """A pickle that, if unpickled without ``weights_only``, touches a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_damaged_or_planted_fisher_cache_entries_are_recomputed(tiny_model, tmp_path, monkeypatch):
+    import pickle
+
+    from genunlearn import registry
+    from genunlearn.config import build_config
+    from genunlearn.methods.selective_amnesia import cached_fisher
+
+    m = tiny_model.copy()
+    params, data = _kv(m), _replay(m)
+    entry = registry.get("method", "selective_amnesia")
+    cfg = build_config(entry.config, entry.presets["smoke"], {})
+    monkeypatch.setenv("GENUNLEARN_CACHE", str(tmp_path))
+    fresh = cached_fisher(m, params, data, cfg)
+    (entry_file,) = tmp_path.rglob("fisher_*.pt")
+    marker = tmp_path / "pwned"
+    wrong_shape = {n: torch.zeros(3) for n in params}
+    for damage in (b"not a checkpoint", pickle.dumps(_Plant(marker)), wrong_shape, {}):
+        if isinstance(damage, bytes):
+            entry_file.write_bytes(damage)
+        else:
+            torch.save(damage, entry_file)
+        again = cached_fisher(m, params, data, cfg)
+        assert not marker.exists()  # the planted pickle never ran
+        assert set(again) == set(fresh)
+        assert all(torch.allclose(again[n], fresh[n]) for n in fresh)

@@ -118,3 +118,79 @@ def test_spm_is_deterministic_for_a_seed(tiny_model, two_runs):
     again = gu.erase(tiny_model, "spm", "star", preset="smoke", samples=False)
     for k, v in run.result.addon.tensors.items():
         assert torch.equal(v, again.result.addon.tensors[k])
+
+
+# --- the objective, pinned at the first training step ---------------------------------------
+
+
+class _Stop(Exception):
+    """Raised by the stand-in training loop once it has taken the first loss."""
+
+
+def _first_step(monkeypatch, model, task, **overrides):
+    """Run spm on a copy of ``model`` up to its first loss.
+
+    The stand-in for ``finetune`` first sets the adapter to random non-zero weights (its up
+    projection starts at zero, where the adapted model *is* the base model), so that a
+    prediction taken with the adapter on where it should be off (or the reverse) shows.
+    Returns (adapted model, adapter tensors, step-0 loss, its gradients, the step's seed).
+    """
+    from genunlearn import registry
+    from genunlearn.config import build_config
+    from genunlearn.methods import spm
+
+    entry = registry.get("method", "spm")
+    cfg = build_config(entry.config, entry.presets["smoke"], overrides)
+    work, out = model.copy(), {}
+
+    def fake_finetune(params, loss_fn, steps, lr, **kw):
+        g = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for p in params.values():
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+        loss = loss_fn(0, torch.Generator().manual_seed(11))
+        grads = torch.autograd.grad(loss, list(params.values()))
+        out.update(params=params, loss=loss.detach(), grads=grads)
+        raise _Stop
+
+    monkeypatch.setattr(spm, "finetune", fake_finetune)
+    torch.manual_seed(0)
+    with pytest.raises(_Stop):
+        entry.fn(work, task, cfg)
+    return work, out["params"], out["loss"], out["grads"], 11
+
+
+def test_loss_is_the_erase_target_of_the_base_plus_latent_anchoring(tiny_model, monkeypatch):
+    """Erase term: x_t from a partial run *with* the adapter, the target from the base model
+    (adapter off) pushed away from the concept; anchoring: adapted vs base predictions on random
+    conditionings. Fails if either term is dropped, the target or the anchor's reference comes
+    from the adapted model, the trajectory runs without the adapter, or the guidance flips."""
+    from genunlearn.core.sampling import partial_trajectory
+
+    b, n_anchor, g_scale, la, n_ddim, cfg_scale = 2, 2, 2.0, 3.0, 3, 3.0
+    student, params, loss, grads, seed = _first_step(
+        monkeypatch, tiny_model, gu.ErasureTask("star"), batch_size=b, anchor_batch=n_anchor,
+        guidance=g_scale, la_strength=la, ddim_steps=n_ddim, start_guidance=cfg_scale,
+    )  # fmt: skip
+    assert addons.attached(student) and not addons.attached(tiny_model)
+    g = torch.Generator().manual_seed(seed)
+    torch.randint(1, (1,), generator=g)  # the prompt pair (one pair: "star" vs "")
+    k = int(torch.randint(1, n_ddim, (1,), generator=g))
+    with torch.no_grad():
+        emb = tiny_model.encode_prompt(["star", ""])
+    c, n = emb[:1].expand(b, -1, -1), emb[1:].expand(b, -1, -1)
+    noise = torch.randn((b, *tiny_model.latent_shape), generator=g)
+    x_t, t = partial_trajectory(student, c, n, n_ddim, k, cfg_scale, noise)
+    with torch.no_grad():
+        e_pos, e_neu = tiny_model.predict_noise(x_t, t, c), tiny_model.predict_noise(x_t, t, n)
+    erase = (student.predict_noise(x_t, t, c) - (e_neu - g_scale * (e_pos - e_neu))).pow(2).mean()
+    anchors = sample_anchors(emb[0], n_anchor, g).repeat_interleave(b, 0)
+    x_a = x_t.repeat(n_anchor, 1, 1, 1)
+    with torch.no_grad():
+        a_base = tiny_model.predict_noise(x_a, t, anchors)
+    anchoring = (student.predict_noise(x_a, t, anchors) - a_base).pow(2).mean()
+    want = erase + la * anchoring
+    assert anchoring.item() > 1e-3 * erase.item()  # both terms count
+    assert loss.item() == pytest.approx(want.item(), rel=1e-4)
+    for got, ref in zip(grads, torch.autograd.grad(want, list(params.values())), strict=True):
+        assert torch.allclose(got, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()))

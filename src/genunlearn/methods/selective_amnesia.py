@@ -187,14 +187,22 @@ def cached_fisher(model, params, data, cfg: SelectiveAmnesiaConfig) -> dict[str,
     f = cache_dir() / f"fisher_{key}.pt"
     if f.is_file():
         try:
-            return torch.load(f)
-        except (OSError, RuntimeError, EOFError):
-            pass  # a damaged entry is recomputed
+            hit = torch.load(f, weights_only=True)
+            if isinstance(hit, dict) and set(hit) == set(params):
+                if all(
+                    torch.is_tensor(hit[n])
+                    and hit[n].shape == p.shape
+                    and torch.isfinite(hit[n]).all()
+                    for n, p in params.items()
+                ):
+                    return hit
+        except Exception:  # noqa: BLE001 - any damage at all: the entry is recomputed
+            pass
     fisher = diagonal_fisher(
         model, params, data, cfg.n_fisher_samples, cfg.fisher_timesteps, cfg.fisher_chunk
     )
     f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp")
+    tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")  # concurrent runs never collide
     torch.save(fisher, tmp)
     os.replace(tmp, f)
     return fisher
