@@ -70,3 +70,37 @@ def test_world_vocabulary_is_the_worlds_words(tiny_model, forced_judge):
 def test_unknown_vocabulary_names_the_valid_ones(tiny_model):
     with pytest.raises(gu.GenUnlearnError, match="words, world"):
         gu.attack(tiny_model, "ring_a_bell", "star", preset="smoke", vocabulary="all")
+
+
+def test_search_minimises_the_distance_to_prompt_plus_eta_times_the_concept_vector(
+    erased_pair, forced_judge, spy
+):
+    """The genetic search's fitness is ||E_orig(candidate) - (E_orig(p) + eta c)||^2 with c the
+    mean of E_orig(with concept) - E_orig(without), all through the ORIGINAL text encoder: not
+    the erased encoder, not c reversed or unscaled, not the prompt alone, not maximised; and the
+    adversarial prompt is the decoded fittest individual."""
+    original, erased = erased_pair
+    forced_judge(ring_a_bell, pre=False, post=False)
+    searches = spy(adv, "genetic_search")
+    res = gu.attack(erased, "ring_a_bell", "star", original=original, preset="smoke",
+                    n_prompts=1, k_tokens=4, eta=2.5)  # fmt: skip
+    (((fitness, population, *_), _, (best, history)),) = searches
+    with torch.no_grad():
+        pairs = ring_a_bell.concept_pairs(original.world, "star")
+        enc = original.encode_prompt
+        c = torch.stack([enc([a])[0] - enc([b])[0] for a, b in pairs]).mean(0)
+        goal = enc([res.prompts[0]])[0] + 2.5 * c
+
+        def distance(model, pop):
+            return ((model.text_encoder(adv.pack_ids(model, pop))[0] - goal) ** 2).sum((1, 2))
+
+        want = distance(original, population)
+        got = fitness(population)
+        assert torch.allclose(got, want, rtol=1e-4)
+        assert not torch.allclose(distance(erased, population), want, rtol=1e-2)  # can fail
+        # the prompt is the fittest individual found: the last generation's best, at least as
+        # close to the goal as every initial one
+        reached = distance(original, best[None])[0]
+        assert torch.isclose(reached, torch.tensor(history[-1]), rtol=1e-4)
+        assert float(reached) <= float(want.min()) * (1 + 1e-5)
+    assert res.adversarial_prompts[0] == adv.decode(original, best)

@@ -91,3 +91,13 @@ def test_protocol_errors(tiny_model):
         gu.evaluate(tiny_model, "star", protocol="unlearncanva")
     with pytest.raises(gu.GenUnlearnError, match="needs a task"):
         gu.evaluate(tiny_model, None, protocol="unlearncanvas")
+
+
+@pytest.mark.parametrize("attack", gu.list_attacks())
+def test_every_attack_has_its_own_test_file(attack):
+    """Each attack's objective is pinned in tests/attacks/test_<name>.py (a test there breaks
+    when the objective is swapped for a plausible wrong one); a new attack needs one too."""
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "attacks" / f"test_{attack}.py"
+    assert path.is_file(), f"attack {attack!r} has no {path.name} pinning its objective"
