@@ -66,44 +66,7 @@ def test_bad_alternatives_are_clear_errors(tiny_model):
 # --- the objective, pinned at the first training step ---------------------------------------
 
 
-class _Stop(Exception):
-    """Raised by the stand-in training loop once it has taken the first loss."""
-
-
-def _first_step(monkeypatch, model, task, **overrides):
-    """Run all_but_one on a copy of ``model`` up to its first loss.
-
-    The stand-in for ``finetune`` first nudges the trainable weights, so that the student no
-    longer equals the frozen original and a prediction taken from the wrong one shows. Returns
-    (student, its trainable parameters, the step-0 loss, its gradients, the step's generator
-    seed).
-    """
-    from genunlearn import registry
-    from genunlearn.config import build_config
-    from genunlearn.methods import all_but_one
-
-    entry = registry.get("method", "all_but_one")
-    cfg = build_config(entry.config, entry.presets["smoke"], overrides)
-    work, out = model.copy(), {}
-
-    def fake_finetune(params, loss_fn, steps, lr, **kw):
-        g = torch.Generator().manual_seed(7)
-        with torch.no_grad():
-            for p in params.values():
-                p.add_(0.2 * p.std() * torch.randn(p.shape, generator=g))
-        loss = loss_fn(0, torch.Generator().manual_seed(11))
-        grads = torch.autograd.grad(loss, list(params.values()))
-        out.update(params=params, loss=loss.detach(), grads=grads)
-        raise _Stop
-
-    monkeypatch.setattr(all_but_one, "finetune", fake_finetune)
-    torch.manual_seed(0)
-    with pytest.raises(_Stop):
-        entry.fn(work, task, cfg)
-    return work, out["params"], out["loss"], out["grads"], 11
-
-
-def test_loss_is_the_guidance_surgery_plus_the_unconditional_constraint(tiny_model, monkeypatch):
+def test_loss_is_the_guidance_surgery_plus_the_unconditional_constraint(tiny_model, first_loss):
     """||[eps_theta(c) - eps_theta("")] - [eps*(a) - eps*("")]||^2 + lambda_u ||eps_theta("") -
     eps*("")||^2 at step 0, with eps* the frozen original and the student nudged away from it:
     fails if the alternative's guidance comes from the student, the guidance difference is
@@ -113,8 +76,8 @@ def test_loss_is_the_guidance_surgery_plus_the_unconditional_constraint(tiny_mod
 
     task = gu.ErasureTask("star", anchor="heart")
     w_u, b, n = 2.5, 2, 4
-    student, params, loss, grads, seed = _first_step(
-        monkeypatch, tiny_model, task, uncond_weight=w_u, batch_size=b, n_images=n
+    student, params, loss, grads, seed, _ = first_loss(
+        "all_but_one", tiny_model, task, nudge=0.2, uncond_weight=w_u, batch_size=b, n_images=n
     )
     # independently: the original model's images of the target captions, the step's draws
     alts, targets, _ = anchor_pairs(tiny_model, task, "all_but_one")

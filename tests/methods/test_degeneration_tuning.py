@@ -66,12 +66,8 @@ def test_concept_caption_learns_the_scrambled_images(tiny_model):
     assert _scramble_loss(run.model, z, cond) < 0.7 * _scramble_loss(tiny_model, z, cond)
 
 
-class _Stop(Exception):
-    """Raised by the stand-in training loop once it has taken the first loss."""
-
-
 def test_loss_is_denoising_scrambled_grids_under_the_concept_captions_plus_prior(
-    tiny_model, monkeypatch
+    tiny_model, first_loss
 ):
     """||eps_theta(q(S(x_c), t, eps), t, c) - eps||^2 + w_p ||eps_theta(q(x_r, t, eps'), t, c_r) -
     eps'||^2 at step 0, with S the scramble drawn from the run's seed: fails if the concept
@@ -79,23 +75,12 @@ def test_loss_is_denoising_scrambled_grids_under_the_concept_captions_plus_prior
     wrongly, or the prior images are paired with the concept captions."""
     from genunlearn.core.concept_sets import caption_sets, generate_latents
     from genunlearn.core.degrade import scramble_grid
-    from genunlearn.methods import degeneration_tuning
 
     w_p, b, n = 0.4, 2, 4
     cfg = _cfg(prior_loss_weight=w_p, batch_size=b, n_concept_images=n)
-    rec = {}
-
-    def fake_finetune(params, loss_fn, steps, lr, **kw):
-        loss = loss_fn(0, torch.Generator().manual_seed(11))
-        grads = torch.autograd.grad(loss, list(params.values()))
-        rec.update(params=params, loss=loss.detach(), grads=grads)
-        raise _Stop
-
-    monkeypatch.setattr(degeneration_tuning, "finetune", fake_finetune)
-    work = tiny_model.copy()
-    torch.manual_seed(0)
-    with pytest.raises(_Stop):
-        registry.get("method", "degeneration_tuning").fn(work, gu.ErasureTask("star"), cfg)
+    work, params, loss, grads, seed, _ = first_loss(
+        "degeneration_tuning", tiny_model, gu.ErasureTask("star"), cfg=cfg
+    )
     forget, _, remain = caption_sets(tiny_model, gu.ErasureTask("star"))
     concept = generate_latents(tiny_model, forget, n)
     prior = generate_latents(tiny_model, remain, cfg.n_prior_images)
@@ -104,7 +89,7 @@ def test_loss_is_denoising_scrambled_grids_under_the_concept_captions_plus_prior
             scramble_grid(concept.images, cfg.grid, torch.Generator().manual_seed(0))
         )
     sched = tiny_model.scheduler
-    g = torch.Generator().manual_seed(11)
+    g = torch.Generator().manual_seed(seed)
 
     def denoise(z, cond):
         eps = torch.randn(z.shape, generator=g)
@@ -115,7 +100,7 @@ def test_loss_is_denoising_scrambled_grids_under_the_concept_captions_plus_prior
     want = denoise(z_s[i], concept.emb[concept.caption[i]])
     j = torch.randint(len(prior), (b,), generator=g)
     want = want + w_p * denoise(prior.latents[j], prior.emb[prior.caption[j]])
-    assert rec["loss"].item() == pytest.approx(want.item(), rel=1e-4)
-    refs = torch.autograd.grad(want, list(rec["params"].values()))
-    for got, ref in zip(rec["grads"], refs, strict=True):
+    assert loss.item() == pytest.approx(want.item(), rel=1e-4)
+    refs = torch.autograd.grad(want, list(params.values()))
+    for got, ref in zip(grads, refs, strict=True):
         assert torch.allclose(got, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()))

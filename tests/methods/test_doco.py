@@ -83,11 +83,9 @@ def test_warm_up_must_leave_unet_steps(tiny_model):
         gu.erase(tiny_model, "doco", "star", preset="smoke", steps=4, warm_up=4)
 
 
-class _Stop(Exception):
-    """Raised by the stand-in training loop once it has taken the first UNet step."""
-
-
-def test_step_is_the_adversarial_gradient_corrected_by_the_prior_gradient(tiny_model, monkeypatch):
+def test_step_is_the_adversarial_gradient_corrected_by_the_prior_gradient(
+    tiny_model, monkeypatch, first_loss
+):
     """At the first UNet step (after the trained K/V were nudged away from the original): the
     discriminator sees the *frozen original's* x0 for the anchor caption as real and the
     student's x0 for the target caption as fake; the UNet's update is the gradient of
@@ -97,18 +95,11 @@ def test_step_is_the_adversarial_gradient_corrected_by_the_prior_gradient(tiny_m
     prior loss uses the target caption, or the surgery is dropped or reversed."""
     import copy
 
-    from genunlearn import registry
-    from genunlearn.config import build_config
     from genunlearn.core.concept_sets import anchor_pairs, generate_latents
     from genunlearn.methods import doco
 
     b, lam, clip = 2, 1.0, 1.0
-    entry = registry.get("method", "doco")
-    cfg = build_config(
-        entry.config, entry.presets["smoke"],
-        {"batch_size": b, "surgery_lambda": lam, "max_grad_norm": clip, "n_anchor_images": 4},
-    )  # fmt: skip
-    task, rec, discs, d_calls = gu.ErasureTask("star", anchor="heart"), {}, [], []
+    task, seen, discs, d_calls = gu.ErasureTask("star", anchor="heart"), {}, [], []
 
     class Recorded(PatchDiscriminator):
         def __init__(self, *a, **kw):
@@ -119,24 +110,15 @@ def test_step_is_the_adversarial_gradient_corrected_by_the_prior_gradient(tiny_m
         d_calls.append((real.detach().clone(), fake.detach().clone()))
         return discriminator_step(disc, opt, real, fake)
 
-    def fake_finetune(params, loss_fn, steps, lr, **kw):
-        g = torch.Generator().manual_seed(7)
-        with torch.no_grad():
-            for p in params.values():
-                p.add_(0.2 * p.std() * torch.randn(p.shape, generator=g))
-        rec["disc"] = copy.deepcopy(discs[0])  # D as the step's loss sees it
-        loss = loss_fn(0, torch.Generator().manual_seed(11))
-        grads = torch.autograd.grad(loss, list(params.values()))
-        rec.update(params=params, loss=loss.detach(), grads=grads)
-        raise _Stop
+    def keep_disc():
+        seen["disc"] = copy.deepcopy(discs[0])  # D as the step's loss sees it
 
     monkeypatch.setattr(doco, "PatchDiscriminator", Recorded)
     monkeypatch.setattr(doco, "discriminator_step", recorded_step)
-    monkeypatch.setattr(doco, "finetune", fake_finetune)
-    work = tiny_model.copy()
-    torch.manual_seed(0)
-    with pytest.raises(_Stop):
-        entry.fn(work, task, cfg)
+    work, params, loss, grads, seed, cfg = first_loss(
+        "doco", tiny_model, task, nudge=0.2, before_loss=keep_disc, batch_size=b,
+        surgery_lambda=lam, max_grad_norm=clip, n_anchor_images=4,
+    )  # fmt: skip
     assert len(d_calls) == cfg.warm_up + 1
 
     anchors, targets, _ = anchor_pairs(tiny_model, task, "doco")
@@ -144,7 +126,7 @@ def test_step_is_the_adversarial_gradient_corrected_by_the_prior_gradient(tiny_m
     with torch.no_grad():
         c, a = tiny_model.encode_prompt(targets), tiny_model.encode_prompt(anchors)
     sched = tiny_model.scheduler
-    g = torch.Generator().manual_seed(11)
+    g = torch.Generator().manual_seed(seed)
     i = torch.randint(len(data), (b,), generator=g)
     eps = torch.randn(data.latents[i].shape, generator=g)
     t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g)
@@ -161,10 +143,10 @@ def test_step_is_the_adversarial_gradient_corrected_by_the_prior_gradient(tiny_m
     real, fake = d_calls[-1]
     assert torch.allclose(real, x0_anchor, rtol=1e-4, atol=1e-5)
     assert torch.allclose(fake, x0_student.detach(), rtol=1e-4, atol=1e-5)
-    logits = rec["disc"](x0_student)
+    logits = seen["disc"](x0_student)
     adv = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
     prior = (work.predict_noise(x_t, t, a) - eps).pow(2).mean()
-    plist = list(rec["params"].values())
+    plist = list(params.values())
 
     def clipped(gs):
         norm = torch.sqrt(sum((x * x).sum() for x in gs))
@@ -178,6 +160,6 @@ def test_step_is_the_adversarial_gradient_corrected_by_the_prior_gradient(tiny_m
         conflicts += int(dot < 0)
         want.append(ga - lam * dot / (gp * gp).sum() * gp if dot < 0 else ga)
     assert 0 < conflicts < len(plist)  # both branches of the surgery are exercised
-    assert rec["loss"].item() == pytest.approx(adv.item(), rel=1e-4)
-    for got, ref in zip(rec["grads"], want, strict=True):
+    assert loss.item() == pytest.approx(adv.item(), rel=1e-4)
+    for got, ref in zip(grads, want, strict=True):
         assert torch.allclose(got, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()))

@@ -66,11 +66,7 @@ def test_fmn_textual_inversion_targets_its_placeholder_tokens(tiny_model):
         gu.erase(tiny_model, "forget_me_not", "star", preset="smoke", use_ti=True, ti_tokens=0)
 
 
-class _Stop(Exception):
-    """Raised by the stand-in training loop once it has taken the attention stage's first loss."""
-
-
-def test_textual_inversion_stage_and_the_attention_loss_on_its_tokens(tiny_model, monkeypatch):
+def test_textual_inversion_stage_and_the_attention_loss_on_its_tokens(tiny_model, first_loss):
     """Stage 0 is the plain denoising loss of the concept images under captions whose concept
     words are replaced by the trainable placeholders (initialised from those words, repeated);
     stage 1 then suppresses attention on the *learned* placeholders (and the end-of-text token).
@@ -81,40 +77,32 @@ def test_textual_inversion_stage_and_the_attention_loss_on_its_tokens(tiny_model
     placeholders are not spliced in, stage 1 ignores the learned embeddings, or the attention
     loss looks at the wrong token positions.
     """
-    from genunlearn import registry
-    from genunlearn.config import build_config
     from genunlearn.core.adversary import text_ids, token_table
-    from genunlearn.methods import forget_me_not
 
-    b, n_tok, seed, learned = 2, 3, 11, ["dotted", "checkered", "wavy"]
-    entry = registry.get("method", "forget_me_not")
-    cfg = build_config(entry.config, entry.presets["smoke"], {"use_ti": True, "ti_tokens": n_tok})
+    b, n_tok, learned = 2, 3, ["dotted", "checkered", "wavy"]
     table = token_table(tiny_model)
     ids = [text_ids(tiny_model, w) for w in learned]
     assert all(len(i) == 1 for i in ids)
-    rec = {}
+    ti = []
 
-    def fake_finetune(params, loss_fn, steps, lr, **kw):
-        loss = loss_fn(0, torch.Generator().manual_seed(seed))
-        if "ti" not in rec:  # stage 0: its parameters are the placeholder embeddings
-            (v,) = params
-            rec["ti"] = (loss.detach(), v.detach().clone(), torch.autograd.grad(loss, v)[0])
-            with torch.no_grad():
-                v.copy_(table[[i[0] for i in ids]])
-            return [loss.item()]
-        rec["attn"] = loss.detach()
-        raise _Stop
+    def ti_stage(params, loss):  # stage 0: its parameters are the placeholder embeddings
+        (v,) = params
+        ti.extend((loss.detach(), v.detach().clone(), torch.autograd.grad(loss, v)[0]))
+        with torch.no_grad():
+            v.copy_(table[[i[0] for i in ids]])
+        return [loss.item()]
 
-    monkeypatch.setattr(forget_me_not, "finetune", fake_finetune)
-    torch.manual_seed(0)
-    with pytest.raises(_Stop):
-        entry.fn(tiny_model.copy(), gu.ErasureTask("striped"), cfg)
+    # stage 1 trains the whole UNet, part of which its attention loss never reaches: no grads
+    _, _, attn_loss, _, seed, _ = first_loss(
+        "forget_me_not", tiny_model, gu.ErasureTask("striped"), earlier=[ti_stage], grads=False,
+        use_ti=True, ti_tokens=n_tok,
+    )  # fmt: skip
 
     prompts, words = concept_prompts(tiny_model, "striped", b)
     assert words == "striped style" and all(p.endswith(" striped style") for p in prompts)
     w_ids = text_ids(tiny_model, words)
     init = [w_ids[k % len(w_ids)] for k in range(n_tok)]  # the concept words, repeated
-    ti_loss, v0, v_grad = rec["ti"]
+    ti_loss, v0, v_grad = ti
     assert torch.equal(v0, table[init])
 
     def with_words(tokens):
@@ -150,4 +138,4 @@ def test_textual_inversion_stage_and_the_attention_loss_on_its_tokens(tiny_model
     pos = position_mask(tiny_model, texts, [" ".join(learned)] * b, include_eot=True)[idx]
     assert int(pos[0].sum()) == n_tok + 1
     mass = sum((p * pos[:, None, None, :]).pow(2).sum().sqrt() for p in probs.values())
-    assert rec["attn"].item() == pytest.approx(float(mass), rel=1e-4)
+    assert attn_loss.item() == pytest.approx(float(mass), rel=1e-4)

@@ -123,54 +123,22 @@ def test_spm_is_deterministic_for_a_seed(tiny_model, two_runs):
 # --- the objective, pinned at the first training step ---------------------------------------
 
 
-class _Stop(Exception):
-    """Raised by the stand-in training loop once it has taken the first loss."""
-
-
-def _first_step(monkeypatch, model, task, **overrides):
-    """Run spm on a copy of ``model`` up to its first loss.
-
-    The stand-in for ``finetune`` first sets the adapter to random non-zero weights (its up
-    projection starts at zero, where the adapted model *is* the base model), so that a
-    prediction taken with the adapter on where it should be off (or the reverse) shows.
-    Returns (adapted model, adapter tensors, step-0 loss, its gradients, the step's seed).
-    """
-    from genunlearn import registry
-    from genunlearn.config import build_config
-    from genunlearn.methods import spm
-
-    entry = registry.get("method", "spm")
-    cfg = build_config(entry.config, entry.presets["smoke"], overrides)
-    work, out = model.copy(), {}
-
-    def fake_finetune(params, loss_fn, steps, lr, **kw):
-        g = torch.Generator().manual_seed(7)
-        with torch.no_grad():
-            for p in params.values():
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
-        loss = loss_fn(0, torch.Generator().manual_seed(11))
-        grads = torch.autograd.grad(loss, list(params.values()))
-        out.update(params=params, loss=loss.detach(), grads=grads)
-        raise _Stop
-
-    monkeypatch.setattr(spm, "finetune", fake_finetune)
-    torch.manual_seed(0)
-    with pytest.raises(_Stop):
-        entry.fn(work, task, cfg)
-    return work, out["params"], out["loss"], out["grads"], 11
-
-
-def test_loss_is_the_erase_target_of_the_base_plus_latent_anchoring(tiny_model, monkeypatch):
+def test_loss_is_the_erase_target_of_the_base_plus_latent_anchoring(tiny_model, first_loss):
     """Erase term: x_t from a partial run *with* the adapter, the target from the base model
     (adapter off) pushed away from the concept; anchoring: adapted vs base predictions on random
     conditionings. Fails if either term is dropped, the target or the anchor's reference comes
-    from the adapted model, the trajectory runs without the adapter, or the guidance flips."""
+    from the adapted model, the trajectory runs without the adapter, or the guidance flips.
+
+    The adapter is first set to random non-zero weights (its up projection starts at zero, where
+    the adapted model *is* the base model), so that a prediction taken with the adapter on where
+    it should be off (or the reverse) shows."""
     from genunlearn.core.sampling import partial_trajectory
 
     b, n_anchor, g_scale, la, n_ddim, cfg_scale = 2, 2, 2.0, 3.0, 3, 3.0
-    student, params, loss, grads, seed = _first_step(
-        monkeypatch, tiny_model, gu.ErasureTask("star"), batch_size=b, anchor_batch=n_anchor,
-        guidance=g_scale, la_strength=la, ddim_steps=n_ddim, start_guidance=cfg_scale,
+    student, params, loss, grads, seed, _ = first_loss(
+        "spm", tiny_model, gu.ErasureTask("star"), nudge=lambda p, z: 0.3 * z, batch_size=b,
+        anchor_batch=n_anchor, guidance=g_scale, la_strength=la, ddim_steps=n_ddim,
+        start_guidance=cfg_scale,
     )  # fmt: skip
     assert addons.attached(student) and not addons.attached(tiny_model)
     g = torch.Generator().manual_seed(seed)
