@@ -12,9 +12,8 @@ from genunlearn import registry
 
 
 def _erase(model, method, concept, *args, **kw):
-    """Erase with the method's 'smoke' preset (shrunk settings) when it has one."""
-    preset = "smoke" if "smoke" in registry.get("method", method).presets else None
-    return gu.erase(model, method, concept, *args, preset=preset, **kw)
+    """Erase with the method's 'smoke' preset (shrunk settings; every method has one)."""
+    return gu.erase(model, method, concept, *args, preset="smoke", **kw)
 
 
 def _params(model):
@@ -107,3 +106,14 @@ def test_resolve_config_layers_defaults_preset_file_and_overrides(tiny_model, tm
         gu.resolve_config(tiny_model, "method", "esd", preset="fast")
     with pytest.raises(gu.GenUnlearnError, match="Did you mean 'esd'"):
         gu.resolve_config(tiny_model, "method", "edd")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_has_its_presets_and_its_own_test_file(method):
+    """paper (the paper's defaults), toy (toy-sd on a CPU) and smoke (seconds, for these
+    contract tests) presets, and tests/methods/test_<name>.py pinning its objective."""
+    from pathlib import Path
+
+    assert {"paper", "toy", "smoke"} <= set(registry.get("method", method).presets)
+    path = Path(__file__).parents[1] / "methods" / f"test_{method}.py"
+    assert path.is_file(), f"method {method!r} has no {path.name} pinning its objective"

@@ -4,6 +4,7 @@ holds the embeddings near the original, and metrics count blocked images as eras
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +97,41 @@ def test_bad_inputs_are_clear_errors(tiny_model):
         gu.erase(m, "espresso", "a grumpy cat", preset="smoke", clip=str(toy_clip_dir()))
     with pytest.raises(GenUnlearnError, match="no directory"):
         gu.erase(tiny_model, "espresso", "star", preset="smoke", clip="/nonexistent/clip")
+
+
+def _renders(objects, seed, n):
+    from genunlearn.data import toycanvas as tc
+
+    colours = list(tc.COLOURS)
+    imgs = [
+        tc.sample_labelled(objects[i % len(objects)], tc.STYLES[i % len(tc.STYLES)],
+                           colours[(i // 2) % len(colours)], seed, i)
+        for i in range(n)
+    ]  # fmt: skip
+    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
+
+
+def test_pairing_term_pulls_each_side_to_its_own_text(tiny_model, monkeypatch):
+    """With clean renders as the training images (the tiny model's own are noise) and a nearly
+    synonymous acceptable text, the contrastive term alone must separate star images from other
+    shapes: star images move towards "a star", the others towards the acceptable text."""
+    import genunlearn.methods.espresso as esp
+
+    others = ["circle", "square", "heart", "moon"]
+
+    def images(model, prompts, labels, n, seed):
+        objects = ["star"] if "star" in prompts[0] else others
+        return _renders(objects, 1, n), torch.zeros(n, dtype=torch.long)
+
+    monkeypatch.setattr(esp, "_images", images)
+    acc = "a star shape"
+    run = gu.erase(tiny_model, "espresso", "star", preset="smoke", seed=0, acceptable=acc,
+                   separation=0.0, preserve=0.0, epochs=3, n_images=16, lr=1e-4,
+                   weight_decay=0.0)  # fmt: skip
+    stars, shapes = _renders(["star"], 2, 16), _renders(others, 2, 16)  # held out
+
+    def gap(f):
+        return float(f.margin(stars).mean() - f.margin(shapes).mean())
+
+    before = gap(ClipConceptFilter(load_clip("toy-clip"), ["a star"], acc))
+    assert gap(run.model.output_filters[0]) > 2 * before > 0

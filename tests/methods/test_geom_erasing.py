@@ -115,3 +115,58 @@ def test_text_encoder_trains_when_selected(tiny_model, monkeypatch):
     sel = r"re:^(unet|text_encoder)\."
     run = gu.erase(tiny_model, "geom_erasing", "star", preset="smoke", parameter_group=sel)
     assert any(n.startswith("text_encoder.") for n in run.result.changed)
+
+
+def _training_conds(model, monkeypatch, **kw):
+    """The text states the fine-tune conditions the denoiser on (sampling calls excluded)."""
+    import genunlearn.metrics.watermark as wm
+
+    monkeypatch.setattr(wm, "load_detector", lambda: FakeDetector(PATTERN))
+    seen, active = [], [False]
+    cls = type(model)
+    inner = cls.predict_noise
+
+    def spy(self, x, t, cond):
+        if active[0]:
+            seen.extend(cond.detach().clone())
+        return inner(self, x, t, cond)
+
+    def finetune(*args, **kwargs):
+        active[0] = True
+        try:
+            return real_finetune(*args, **kwargs)
+        finally:
+            active[0] = False
+
+    real_finetune = ge.finetune
+    monkeypatch.setattr(cls, "predict_noise", spy)
+    monkeypatch.setattr(ge, "finetune", finetune)
+    gu.erase(model, "geom_erasing", "star", preset="smoke", seed=0, steps=4, **kw)
+    monkeypatch.undo()
+    cfg = ge.GeomErasingConfig(n_images=4, progress=False)  # the smoke preset's training set
+    _, caps, captions, tags, _ = ge.training_set(model, cfg, FakeDetector(PATTERN))
+    with torch.no_grad():
+        emb = {
+            "augmented": model.encode_prompt(captions),
+            "tags": model.encode_prompt(tags),
+            "plain": model.encode_prompt(caps),
+        }
+    assert captions != caps  # the detector marked some images
+
+    def kinds(row):
+        return {k for k, e in emb.items() if any(torch.equal(row, r) for r in e)}
+
+    return [kinds(row) for row in seen]
+
+
+def test_fine_tune_conditions_on_augmented_captions(tiny_model, monkeypatch):
+    rows = _training_conds(tiny_model, monkeypatch, caption_dropout=0.0)
+    assert rows and all("augmented" in k for k in rows)
+    # marked images: their augmented caption is not the plain one the model was trained on
+    assert any("plain" not in k for k in rows)
+
+
+def test_caption_dropout_keeps_the_tokens_alone(tiny_model, monkeypatch):
+    rows = _training_conds(tiny_model, monkeypatch, caption_dropout=0.95)
+    tags_only = [k for k in rows if k == {"tags"}]
+    assert len(tags_only) > len(rows) / 2

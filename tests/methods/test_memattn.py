@@ -7,7 +7,12 @@ import torch
 
 import genunlearn as gu
 from genunlearn.core.attention import AttentionStore
-from genunlearn.methods.memattn import attention_trajectory, detection_scores
+from genunlearn.methods.memattn import (
+    MemAttnConfig,
+    attention_trajectory,
+    detection_scores,
+    scores_from_trajectory,
+)
 from genunlearn.models.mem_attention import memattn_attention, prompt_lengths
 
 PROMPTS = ["a red star in striped style", "a blue heart"]
@@ -128,3 +133,39 @@ def test_bad_settings_are_clear_errors(tiny_model):
         detection_scores(tiny_model, PROMPTS, mode="E", layer=9)
     with pytest.raises(gu.GenUnlearnError, match="c1 must be positive"):
         gu.erase(tiny_model, "memattn", "star", preset="smoke", c1=0)
+
+
+def _h(p):
+    return -(p * p.clamp_min(1e-30).log()).sum(-1)
+
+
+def test_detection_mode_d_is_late_entropy_plus_the_padding_entropy_change(tiny_model):
+    traj = attention_trajectory(tiny_model, PROMPTS, n=1, seed=0, steps=10)
+    cfg = MemAttnConfig(detect_mode="D", detect_layer=None, late_share=0.2)
+    got = scores_from_trajectory(tiny_model, traj, PROMPTS, 1, cfg)
+    avg = traj.mean(1)  # [steps, rows, tokens]: all layers
+    late = avg[8:]  # the last fifth of 10 steps
+    eos = [7, 4]  # "a red star in striped style" / "a blue heart": <bos> words <eos>
+    for r, e in enumerate(eos):
+        # entropy terms of the end-of-text and padding positions only
+        pad_late, pad_first = _h(late[:, r, e:]).mean(), _h(avg[0, r, e:])
+        want = _h(late[:, r]).mean() + pad_late - pad_first
+        assert torch.allclose(got[r], want, atol=1e-5)
+
+
+def test_detection_scores_spread_attention_above_attention_resting_on_bos(tiny_model):
+    """The paper's signal: a memorized prompt's attention spreads over its (trigger) tokens, an
+    ordinary prompt's rests on BOS; the score must rank the spread one higher in both modes."""
+    steps, layers, tokens = 5, 2, 32
+    bos = torch.zeros(steps, layers, 1, tokens)
+    bos[..., 0] = 0.9
+    bos[..., 1:8] = 0.1 / 7
+    spread = torch.zeros(steps, layers, 1, tokens)
+    spread[..., :8] = 1 / 8
+    spread[1:, ..., 7:] = 1 / 25  # and the summary tokens' attention changes along the run
+    spread[1:, ..., :7] = 0.0
+    for cfg in (MemAttnConfig(detect_mode="E", detect_layer=1),
+                MemAttnConfig(detect_mode="D", detect_layer=None)):  # fmt: skip
+        s_bos = scores_from_trajectory(tiny_model, bos, PROMPTS[:1], 1, cfg)
+        s_spread = scores_from_trajectory(tiny_model, spread, PROMPTS[:1], 1, cfg)
+        assert s_spread > s_bos, cfg.detect_mode

@@ -74,3 +74,49 @@ def test_sepme_bad_input_is_a_clear_error(tiny_model, two):
         gu.erase(tiny_model, "sepme", "star", preset="smoke", null_tol=2.0)
     with pytest.raises(gu.GenUnlearnError, match="not erased"):
         restore(two, "heart")
+
+
+def _cie(model, base, prompt):
+    """SepME's CiE statistic on held-out noise: mean[(eps(x_t, c) - eps_0(x_t, "")) *
+    (eps_0(x_t, c) - eps_0(x_t, ""))], eps_0 the base model."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(8, *base.latent_shape, generator=g)
+    t = torch.randint(0, base.scheduler.config.num_train_timesteps, (8,), generator=g)
+    with torch.no_grad():
+        c, e = base.encode_prompt([prompt] * 8), base.encode_prompt([""] * 8)
+        e0 = base.predict_noise(x, t, e)
+        d0 = base.predict_noise(x, t, c) - e0
+        return float(((model.predict_noise(x, t, c) - e0) * d0).mean()), float((d0 * d0).mean())
+
+
+LONG = dict(preset="smoke", max_steps=20, min_steps=20, threshold=-1e9, lr=0.05)
+
+
+def test_cie_turns_the_concept_direction_against_the_original(tiny_model):
+    """CiE's gradient is a fixed push along -(eps_0(c) - eps_0("")): trained long enough the
+    model's concept direction becomes anti-correlated with the base model's (a loss that only
+    shrank the model's own direction would stop at zero; the opposite sign would grow it)."""
+    run = gu.erase(tiny_model, "sepme", "star", beta=0.0, **LONG)
+    after, before = _cie(run.model, tiny_model, tiny_model.world.prompt("star"))
+    assert before > 0
+    assert after < -0.5 * before
+    assert run.result.info["concepts"]["star"]["final_ema"] < 0
+
+
+def test_l1_term_shrinks_the_shift(tiny_model):
+    free = gu.erase(tiny_model, "sepme", "star", beta=0.0, **LONG)
+    sparse = gu.erase(tiny_model, "sepme", "star", beta=1e-4, **LONG)
+
+    def l1(run):
+        delta = run.result.info["shifts"].delta["star"]
+        return sum(float(d.abs().sum()) for d in delta.values())
+
+    assert l1(sparse) < 0.5 * l1(free)
+
+
+def test_training_stops_once_the_momentum_statistic_falls_below_the_threshold(tiny_model):
+    kw = dict(preset="smoke", max_steps=6, min_steps=2)
+    stop = gu.erase(tiny_model, "sepme", "star", threshold=1e9, **kw)  # below at once
+    never = gu.erase(tiny_model, "sepme", "star", threshold=-1e9, **kw)  # never below
+    assert stop.result.info["concepts"]["star"]["steps"] == 2  # min_steps, then stop
+    assert never.result.info["concepts"]["star"]["steps"] == 6  # max_steps

@@ -76,12 +76,22 @@ def test_uce_debias_maps_target_to_the_attribute_mix_it_tuned(tiny_model):
             assert _rel(c_t[:n] @ w_new.T, mix @ w_old.T) < 0.1
             assert _rel(c_p @ w_new.T, c_p @ w_old.T) < 0.1
             assert _rel(c_t[:n] @ w_old.T, mix @ w_old.T) > 0.02  # the mix is not the identity
+            # the edit moved the target onto the mix (an edit to the target's own values would not)
+            moved, unedited = (
+                _rel(c_t[:n] @ w_new.T, mix @ w_old.T),
+                _rel(c_t[:n] @ w_old.T, mix @ w_old.T),
+            )
+            assert moved < 0.5 * unedited
 
 
 def test_uce_rejects_guides_and_preserves_that_are_targets(tiny_model):
-    with pytest.raises(gu.GenUnlearnError, match=r"guide \['star'\] is also a target"):
+    # an anchor or retain concept that is a target is refused for every method (ErasureTask);
+    # UCE's own check covers a guide given as a setting
+    with pytest.raises(gu.GenUnlearnError, match=r"anchor 'star' is also a target"):
         gu.erase(tiny_model, "uce", gu.ErasureTask("star", anchor="star"))
-    with pytest.raises(gu.GenUnlearnError, match=r"preserve concepts \['star'\]"):
+    with pytest.raises(gu.GenUnlearnError, match=r"guide \['star'\] is also a target"):
+        gu.erase(tiny_model, "uce", "star", guide="star")
+    with pytest.raises(gu.GenUnlearnError, match=r"'star' is both a target and a retain"):
         gu.erase(tiny_model, "uce", gu.ErasureTask("star", retain=("heart", "star")))
     with pytest.raises(gu.GenUnlearnError, match="attributes .*'star'.* are also targets"):
         gu.erase(tiny_model, "uce", "star", mode="debias", attributes=("star", "heart"))

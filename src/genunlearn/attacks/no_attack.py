@@ -30,7 +30,7 @@ class NoAttackConfig:
     "no_attack",
     config=NoAttackConfig,
     requires=(Capability.WORLD_EVALUATOR,),
-    presets={"toy": {}, "paper": {}},
+    presets={"toy": {}, "paper": {}, "smoke": {}},
     paper="https://arxiv.org/abs/2310.11868",
 )
 def attack(model, task, cfg: NoAttackConfig, original=None) -> AttackResult:

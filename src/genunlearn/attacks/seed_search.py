@@ -31,7 +31,7 @@ class SeedSearchConfig:
     "seed_search",
     config=SeedSearchConfig,
     requires=(Capability.WORLD_EVALUATOR,),
-    presets={"toy": {"n_seeds": 8}, "paper": {}},
+    presets={"toy": {"n_seeds": 8}, "paper": {}, "smoke": {"n_prompts": 2, "n_seeds": 2}},
     paper="https://arxiv.org/abs/2310.11868",
 )
 def attack(model, task, cfg: SeedSearchConfig, original=None) -> AttackResult:

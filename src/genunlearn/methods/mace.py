@@ -25,35 +25,29 @@ Symbols: c = text-encoder states, lam = ``lam`` (``lamb``), s_tr / s_fu = ``trai
 
 Defaults: the official celebrity / art-100 configs (lr 1e-4, 50 steps, rank 1, batch 1,
 preserve scales 1e-4, lam 0, 30 prompts, 8 images per concept, pooler token on). Differences:
-prompts are the world's captions containing the target (free text: a few generic templates), not
+prompts are the world's captions containing the target (free text: 5 generic templates), not
 MACE's 30 templates; the mapping defaults to *dropping* the target's word (``mapping`` /
-``task.anchor`` substitute one); preserve statistics are the world's captions without any target,
-plus "", computed on the fly (MACE caches COCO); regions: on ToyCanvas the world renders the
-concept's images with the object's exact mask (what Grounded-SAM gives on photographs; styles and
-colours live on the object's pixels), elsewhere the base model's own attention to the concept
-above its image mean (``regions="attention"``; "none": all pixels); the LoRA is our own rank-r
-term (``core.lora``), not peft, since fusion needs only B A. The toy preset (lam 1, preserve 0.1,
-lr 1e-2, batch 4, 16 images) replaces scales tuned for COCO-sized preserve statistics.
+``task.anchor`` substitute one). Preserve prompts (plus "", always): ``task.retain`` if given;
+else the world's captions without any target; else, as MACE's COCO cache, the built-in general
+captions (``core.closed_form.GENERAL_CAPTIONS``, those naming a target left out), weighted by
+COCO's caption count over theirs so that s_tr keeps the paper's meaning. Every closed form
+leaves directions its inputs cannot determine unchanged (``core.closed_form``). Regions: on
+ToyCanvas the world renders the concept's images with the object's exact mask (what Grounded-SAM
+gives on photographs), elsewhere the base model's own attention to the concept above its image
+mean (``regions="attention"``; "none": all pixels); the LoRA is our own rank-r term
+(``core.lora``), since fusion needs only B A. The toy preset (lam 1, preserve 0.1, lr 1e-2,
+batch 4, 16 images) replaces scales tuned for COCO-sized preserve statistics.
 
-Measured on toy-sd (toy preset, seed 0, 2 images per prompt): star UA/IRA/CRA 100/100/97% in
-24 s; striped 100/94/100% in 19 s. Ten concepts at once (star, heart, circle, moon, arrow,
-striped, dotted, wavy, noisy, checkered) in 150 s: UA 75% (an image counts as not erased if any
-target is recognised), retain accuracy on the rest 90% (object/style) and 100% (colour).
-With 50 LoRA steps, 4 styles + 4 objects (configs/bench/closed_form.yaml, seed 0) gave
-89.8/97.8/98.9, the misses being circle (UA 50%) and square (69%); 100 steps (the toy preset
-now) raised them to 69% and 81% with IRA/CRA 99-100/97-98. 32 images instead of 16 did not help
-(69%, 69%). The full protocol at the toy preset (closed_form.yaml: flat, striped, dotted, wavy,
-circle, square, triangle, heart x seeds 0 and 1): **93.8 +- 14.6 / 97.3 / 98.5**, 11 s per erase;
-below 90% UA: striped seed 1 (50%), circle seed 0 (69%), square seed 0 (81%).
-Ten concepts in one call (``bench/multi_concept.py``: flat, striped, dotted, checkered, wavy,
-circle, square, triangle, star, heart; seeds 0 / 1): UA 76.2% / 69.2% over all target images,
-retain accuracy on the images with none of them (gradient/outlined/noisy x cross/ring/diamond/
-moon/arrow) IRA 76.7% / 85.0%, CRA 100% / 100%, 127 s / 60 s per erase; per concept, striped
-(30% / 0%) and circle (38% / 44%) resist while the other eight reach 70-100%.
+Measured on toy-sd, toy preset (closed_form.yaml: flat, striped, dotted, wavy, circle, square,
+triangle, heart x seeds 0 and 1): **93.8 +- 14.6 / 97.3 / 98.5**, 11 s per erase; below 90% UA:
+striped seed 1 (50%), circle seed 0 (69%), square seed 0 (81%). Ten concepts in one call
+(``bench/multi_concept.py``, seeds 0 / 1): UA 76.2% / 69.2%, IRA 76.7% / 85.0%, CRA 100%;
+striped and circle resist while the other eight reach 70-100%.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from itertools import product
@@ -69,7 +63,7 @@ from genunlearn.core.attention import (
     position_mask,
 )
 from genunlearn.core.cache import cached_sample
-from genunlearn.core.closed_form import least_squares_edit
+from genunlearn.core.closed_form import COCO_CAPTIONS, GENERAL_CAPTIONS, least_squares_edit
 from genunlearn.core.finetune import finetune
 from genunlearn.core.lora import KVLoRA
 from genunlearn.registry import register_method
@@ -227,6 +221,39 @@ def _check(model, task, cfg) -> str | None:
     return mapping.strip()
 
 
+def _preserve(model, task) -> tuple[list[str], torch.Tensor, str]:
+    """(preserve prompts, their text states [rows, d] weighted for the closed forms, source).
+
+    ``task.retain`` if given; else, on a world model, every caption the world can write without a
+    target; else the built-in general captions, each row weighted by sqrt(COCO_CAPTIONS / their
+    number) so that their sum stands for MACE's sum over all COCO captions. "" always.
+    """
+    world = getattr(model, "world", None)
+    hit = set(task.targets)
+    if task.retain is not None:
+        keep, source = [_say(world, r) for r in task.retain], "retain"
+    elif world is not None:
+        combos = product(*world.heads.values())  # every caption the world can write
+        keep = [
+            world.caption(dict(zip(world.heads, c, strict=True)))
+            for c in combos
+            if not set(c) & hit
+        ]
+        source = "world captions"
+    else:
+        pats = [re.compile(rf"(?<![\w-]){re.escape(t.lower())}(?![\w-])") for t in hit]
+        keep = [c for c in GENERAL_CAPTIONS if not any(p.search(c) for p in pats)]
+        source = "general captions (COCO-scaled)"
+    keep = list(dict.fromkeys(keep + [""]))
+    with torch.no_grad():
+        c_p = model.encode_prompt(keep)
+    if source.startswith("general"):
+        factor = (COCO_CAPTIONS / len(GENERAL_CAPTIONS)) ** 0.5
+        weight = torch.tensor([factor if k else 1.0 for k in keep])
+        c_p = c_p * weight[:, None, None].to(c_p)
+    return keep, c_p.flatten(0, 1), source
+
+
 @register_method(
     "mace",
     config=MACEConfig,
@@ -260,22 +287,10 @@ def _check(model, task, cfg) -> str | None:
 def erase(model, task, cfg: MACEConfig) -> ErasureResult:
     """CFR, per-concept attention LoRAs, closed-form fusion."""
     mapping = _check(model, task, cfg)
-    world = getattr(model, "world", None)
     layers = model.cross_attention_layers()
     projs = {(n, k): getattr(m, k) for n, m in layers.items() for k in ("to_k", "to_v")}
     w0 = {key: p.weight.detach().clone() for key, p in projs.items()}
-    hit = set(task.targets)
-    if task.retain is not None:
-        keep = [_say(world, r) for r in task.retain]
-    elif world is not None:
-        combos = product(*world.heads.values())  # every caption the world can write
-        keep = [
-            world.caption(dict(zip(world.heads, c, strict=True)))
-            for c in combos
-            if not set(c) & hit
-        ]
-    else:
-        keep = []
+    keep, c_p, source = _preserve(model, task)
     concepts = []
     for t in task.targets:  # the concept's images and regions come from the *base* model
         old, new, words = concept_pairs(model, t, mapping, cfg.n_prompts)
@@ -284,8 +299,8 @@ def erase(model, task, cfg: MACEConfig) -> ErasureResult:
         z0, regions = _region_data(model, t, prompts, cfg, pos)
         pos = position_mask(model, prompts, [words] * len(prompts), cfg.use_pooler)
         concepts.append((t, old, new, (z0, prompts, pos, regions)))
+    reports = []
     with torch.no_grad():
-        c_p = model.encode_prompt(list(dict.fromkeys(keep + [""]))).flatten(0, 1)
         rows_old, rows_new = [], []
         for _, old, new, _ in concepts:
             e_old, e_new = model.encode_prompt(old), model.encode_prompt(new)
@@ -295,10 +310,11 @@ def erase(model, task, cfg: MACEConfig) -> ErasureResult:
                 rows_new.append(e_new[i, ib])
         c_old, c_new = torch.cat(rows_old), torch.cat(rows_new)
         for key, p in projs.items():  # stage 1: CFR
-            w = w0[key]
+            w, rep = w0[key], {}
             p.weight.copy_(least_squares_edit(
-                w, c_old, c_new @ w.T, c_p, cfg.lam, 1.0, cfg.train_preserve_scale
+                w, c_old, c_new @ w.T, c_p, cfg.lam, 1.0, cfg.train_preserve_scale, rep
             ))  # fmt: skip
+            reports.append(rep)
     fuse_in, fuse_out, lora_losses = [], {key: [] for key in projs}, {}
     for t, old, _, (z0, prompts, pos, regions) in concepts:  # stage 2: LoRAs on the refined model
         with torch.no_grad():
@@ -315,12 +331,22 @@ def erase(model, task, cfg: MACEConfig) -> ErasureResult:
         c_all = torch.cat(fuse_in + [s * c_p])
         for key, p in projs.items():
             v_all = torch.cat(fuse_out[key] + [s * c_p @ w0[key].T])
-            p.weight.copy_(least_squares_edit(p.weight, c_all, v_all, None, cfg.lam, 1.0))
+            rep = {}
+            p.weight.copy_(
+                least_squares_edit(p.weight, c_all, v_all, None, cfg.lam, 1.0, report=rep)
+            )
+            reports.append(rep)
+    cond = max(r["condition"] for r in reports)
     return ErasureResult(
         info={
             "targets": list(task.targets),
             "mapping": mapping,
-            "n_preserve_prompts": len(keep) + 1,
+            "n_preserve_prompts": len(keep),
+            "preserve_source": source,
+            "closed_form": {
+                "max_condition": cond if math.isfinite(cond) else None,  # None: singular
+                "max_directions_kept": max(r["regularised"] for r in reports),
+            },
             "lora_loss_first_last": lora_losses,
         }
     )

@@ -30,7 +30,7 @@ class NegativePromptConfig:
 @register_method(
     "negative_prompt",
     config=NegativePromptConfig,
-    presets={"toy": {}, "paper": {}},
+    presets={"toy": {}, "paper": {}, "smoke": {}},
     paper="https://arxiv.org/abs/2207.12598",
 )
 def erase(model, task, cfg: NegativePromptConfig) -> ErasureResult:

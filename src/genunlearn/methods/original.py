@@ -18,7 +18,7 @@ class OriginalConfig:
     """No settings: the model is returned unchanged."""
 
 
-@register_method("original", config=OriginalConfig, presets={"toy": {}, "paper": {}})
+@register_method("original", config=OriginalConfig, presets={"toy": {}, "paper": {}, "smoke": {}})
 def erase(model, task, cfg: OriginalConfig) -> ErasureResult:
     """Change nothing."""
     return ErasureResult(info={"note": "unchanged base model"})
