@@ -8,7 +8,7 @@ import torch
 
 import genunlearn as gu
 from genunlearn.core.attention import attention_probs, concept_attention_loss, position_mask
-from genunlearn.core.closed_form import GENERAL_CAPTIONS
+from genunlearn.data.prompts import GENERAL_CAPTIONS
 from genunlearn.data.toycanvas import sample_labelled_with_mask
 from genunlearn.methods.mace import _aligned, _preserve, concept_pairs
 

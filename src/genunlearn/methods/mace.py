@@ -29,7 +29,7 @@ prompts are the world's captions containing the target (free text: 5 generic tem
 MACE's 30 templates; the mapping defaults to *dropping* the target's word (``mapping`` /
 ``task.anchor`` substitute one). Preserve prompts (plus "", always): ``task.retain`` if given;
 else the world's captions without any target; else, as MACE's COCO cache, the built-in general
-captions (``core.closed_form.GENERAL_CAPTIONS``, those naming a target left out), weighted by
+captions (``data.prompts.GENERAL_CAPTIONS``, those naming a target left out), weighted by
 COCO's caption count over theirs so that s_tr keeps the paper's meaning. Every closed form
 leaves directions its inputs cannot determine unchanged (``core.closed_form``). Regions: on
 ToyCanvas the world renders the concept's images with the object's exact mask (what Grounded-SAM
@@ -63,9 +63,10 @@ from genunlearn.core.attention import (
     position_mask,
 )
 from genunlearn.core.cache import cached_sample
-from genunlearn.core.closed_form import COCO_CAPTIONS, GENERAL_CAPTIONS, least_squares_edit
+from genunlearn.core.closed_form import least_squares_edit
 from genunlearn.core.finetune import finetune
 from genunlearn.core.lora import KVLoRA
+from genunlearn.data.prompts import COCO_CAPTIONS, GENERAL_CAPTIONS
 from genunlearn.registry import register_method
 from genunlearn.types import Capability, ErasureResult, GenUnlearnError
 
