@@ -37,7 +37,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise GenUnlearnError(f"{p} is not valid YAML: {e}") from None
+        raise GenUnlearnError(f"{p} is not valid YAML: {_yaml_problem(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -45,6 +45,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             f"{p} must hold a mapping of keys to values, got {type(data).__name__}"
         )
     return data
+
+
+def _yaml_problem(e) -> str:
+    """A YAML error as one line: the problem and where it is (line, column)."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    tags = " (plain YAML only: tags such as !!python/... are refused)" if "tag" in problem else ""
+    return f"{problem}{where}{tags}"
 
 
 def _number(text: str, default: Any) -> Any:
@@ -67,10 +76,9 @@ def _scalar(text: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise GenUnlearnError(
-            f"value {text!r} is not a plain YAML scalar or list ({first}); give a number, "
-            "true/false, text or a [list]"
+            f"value {text!r} is not a plain YAML scalar or list ({_yaml_problem(e)}); give a "
+            "number, true/false, text or a [list]"
         ) from None
 
 

@@ -64,6 +64,12 @@ def _tampered(c):
     return d
 
 
+def _spec(c, text: str):
+    f = c.tmp / "spec.yaml"
+    f.write_text(f"models: [{c.path}]\n" + text)
+    return f
+
+
 def _erase(c, *, target="star", out=None, **kw):
     out = c.tmp / "out" if out is None else out
     return gu.erase(c.model, kw.pop("method", "esd"), target, out, preset="smoke", **kw)
@@ -193,6 +199,10 @@ CLI = [
     ("generate-steps-zero", lambda c: ["generate", "--model", str(c.path), "--prompt", "a star", "--steps", "0", "--out", str(c.tmp / "g.png")]),
     ("eval-malformed-run", lambda c: ["eval", "run", "--run", str(_run(c, task="star"))]),
     ("generate-tampered-run", lambda c: ["generate", "--run", str(_tampered(c)), "--prompt", "a star", "--out", str(c.tmp / "g.png")]),
+    ("bench-seeds-text", lambda c: ["bench", str(_spec(c, "methods: [original]\nconcepts: [star]\nseeds: [abc]\n")), "--out", str(c.tmp / "o")]),
+    ("bench-methods-string", lambda c: ["bench", str(_spec(c, "methods: uce\nconcepts: [star]\n")), "--out", str(c.tmp / "o")]),
+    ("bench-eval-typo", lambda c: ["bench", str(_spec(c, "methods: [original]\nconcepts: [star]\neval: {n_per_promt: 2}\n")), "--out", str(c.tmp / "o")]),
+    ("bench-yaml-tag", lambda c: ["bench", str(_spec(c, "methods: !!python/object/apply:os.system [ls]\n")), "--out", str(c.tmp / "o")]),
     ("unknown-command-option", lambda c: ["erase", "--method", "esd", "--concept", "star", "--out", str(c.tmp / "o"), "--bogus"]),
 ]  # fmt: skip
 
