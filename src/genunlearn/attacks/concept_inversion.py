@@ -26,6 +26,7 @@ the world's captions containing the concept with its word replaced by s* (instea
 textual-inversion template list), rendered by the original model through our sampler (cached);
 the placeholder reuses an existing token's id (carrier) instead of growing the vocabulary; the
 SLD unrolled-guidance variant is not implemented (no SLD model here).
+Figures: docs/results.md#concept_inversion
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ prompts whose unmodified prompt already shows the erased concept as pre-ASR; thi
 exactly that and nothing else, so its ASR equals its pre-ASR. Prompts are the world's captions
 that contain the target (prompt ``i`` at seed ``seed + i``) or the rows of an UnlearnDiffAtk-style
 CSV (``prompts_csv``: each row's own seed and guidance).
+Figures: docs/results.md#no_attack
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ Differences from the official code: image similarity uses the world evaluator's 
 the evaluation, so pre-ASR and ASR use the same image) instead of the most unsafe of three;
 tokens come from the whole-word vocabulary that re-tokenizes exactly (``core.adversary``), so the
 replayed text is the optimised prompt; one model on one device instead of two GPUs.
+Figures: docs/results.md#p4d
 """
 
 from __future__ import annotations

@@ -28,13 +28,11 @@ one template); the neutral prediction is computed without gradient (an erasure t
 paper's validation of checkpoints on an erased model every 2 epochs is not done (it needs the
 victim during the search, contradicting the transfer threat model) — the final embedding is used.
 
-Measured on toy-sd (``bench/attacks.py``, toy preset, 6 prompts per concept): against ESD's toy
-preset on striped and heart, and against UCE on star, ASR stays at pre-ASR (0%). Investigation:
-the attacked generations are the same images as the unattacked prompt's (the suffix changes
-nothing visible), i.e. the suffix learnt on the original model does not transfer through the
-erased cross-attention; toy-sd's text encoder also leaves ~94% of its whole-word vocabulary at
-its random initialisation, so the embedding space a suffix lives in is far less structured than
-CLIP's. On SD the paper's transfer relies on that structure; this is not tuned away here.
+On toy-sd the attack does not raise ASR above pre-ASR: the suffix learnt on the original model
+changes nothing visible through the erased cross-attention, and toy-sd's text encoder leaves most
+of its whole-word vocabulary untrained, so a suffix lives in a far less structured space than
+CLIP's, on which the paper's transfer relies; this is not tuned away here.
+Figures and investigation: docs/results.md#pund
 """
 
 from __future__ import annotations

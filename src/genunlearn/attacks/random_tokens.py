@@ -12,6 +12,7 @@ exactly (``core.adversary.word_tokens``) rather than all ids, so the reported te
 that was generated. ``n_tries`` defaults to 50, the number of prompts UnlearnDiffAtk's paper
 schedule checks (50 timestep blocks), so the baseline gets the same generation budget; the toy
 preset matches the toy UnlearnDiffAtk's 10 checks.
+Figures: docs/results.md#random_tokens
 """
 
 from __future__ import annotations

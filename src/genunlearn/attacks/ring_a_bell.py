@@ -23,19 +23,13 @@ re-tokenizes exactly (the notebook draws ids 1..49405), so the decoded prompt re
 searched one; pairs come from the world's captions instead of templated nudity/violence prompts;
 the soft (continuous, no GA) variant used by RECE/SAFREE is not this attack.
 
-Measured on toy-sd (``bench/attacks.py``, toy preset, 6 prompts per concept): against ESD's toy
-preset on striped and heart, ASR stays at pre-ASR (0%). Investigation: the prompts are K tokens
-only (the paper's design: nothing of the original prompt is kept), and 387 of the 414 whole-word
-tokens toy-sd's tokenizer can decode have untrained (random-initialisation-norm) embeddings,
-because toy-sd's text encoder was trained on ToyCanvas captions only; the tokens the genetic
-search finds produced, on the ESD-erased model, images with no recognisable object or style at
-all (samples in the bench's run directories). On SD, where every token is trained, the same search finds
-meaningful substitutes; on toy-sd the attack is reported as ineffective rather than changed.
-With ``vocabulary="world"`` (the search restricted to the 26 words toy-sd's text encoder has
-learnt) the search converges on prompts that repeat the erased word itself ("yellow square striped
-style striped yellow red striped shape striped ..."): closest to prompt + eta * vector, and exactly
-what ESD erased, so on striped (where random tokens, UnlearnDiffAtk, Concept Inversion and P4D
-all succeed) ASR still stays at 0% (6 prompts).
+On toy-sd the attack does not raise ASR above pre-ASR: the prompts are K tokens only (the
+paper's design), and most tokens toy-sd's tokenizer can decode have untrained embeddings (its text
+encoder saw ToyCanvas captions only), so the searched prompts draw no recognisable object or
+style; restricted to the words toy-sd has learnt (``vocabulary="world"``, not in the paper) the
+search converges on the erased word itself, exactly what the erasure removed. On SD, where every
+token is trained, the same search finds meaningful substitutes; on toy-sd the attack is reported
+as ineffective rather than changed. Figures and investigation: docs/results.md#ring_a_bell
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ A baseline of UnlearnDiffAtk (https://arxiv.org/abs/2310.11868): an erasure that
 evaluation seed but not for a few others was never robust. Each prompt that fails at its own
 seed is retried with ``n_seeds`` further seeds (one batch, seeds far from the evaluation seeds);
 a success at any of them counts.
+Figures: docs/results.md#seed_search
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ Differences from the official code:
 - target images come from the original model through our sampler (DDIM, the model's default
   steps and guidance) instead of a 100-step LMS dataset; success is the world evaluator's label;
 - blocks are spread evenly over the training timesteps: t_j = (j + 1/2) T / n_blocks.
+Figures: docs/results.md#unlearndiffatk
 """
 
 from __future__ import annotations

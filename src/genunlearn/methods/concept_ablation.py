@@ -22,16 +22,8 @@ anchor) instead of an LLM; for free-text targets the anchor text itself is the o
 Without ``task.anchor``, a world concept's anchor is the next concept of the same kind.
 No horizontal flips (ToyCanvas arrows and moons are oriented).
 
-Toy preset and frontier (``bench/frontier.py --method concept_ablation --knob steps``, held-out
-concepts gradient and diamond, seed 0, effective lr 5e-4, batch 8, UA / IRA / CRA %): 100 steps
-100 / 90.0 / 100 and 100 / 92.4 / 97.6 (about 45 s); 200 steps 100 / 82.1 / 98.6 and
-100 / 86.8 / 93.1; 400 steps 100 / 68.6 / 77.5 and 100 / 75.7 / 66.3. Erasure is complete from 100 steps on
-and every further step only costs retention, so the toy preset is 100 steps.
-
-Protocol (``configs/bench/finetune.yaml``: 6 concepts x seeds 0 and 1, 12 cells, toy preset, UA /
-IRA / CRA %): **95.4 / 91.0 / 96.0**; per concept (mean of the seeds) checkered 100 / 75 / 95,
-noisy 73 / 90 / 100, wavy 100 / 96 / 100, cross 100 / 97 / 96, moon 100 / 89 / 94, arrow 100 / 100
-/ 91; 11-31 s per erase on a shared CPU.
+Toy preset: K/V, 100 steps at an effective lr 5e-4 (6.25e-5 x batch 8): erasure is complete from
+100 steps on and every further step only costs retention. Figures: docs/results.md#concept_ablation
 """
 
 from __future__ import annotations

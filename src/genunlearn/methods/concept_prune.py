@@ -33,29 +33,11 @@ are kept), so the pruned share never exceeds the configured fraction (the paper 
 0.12 % of all weights pruned, well under the 1 % default cap); images of a prompt are generated
 with seeds ``seed .. seed + n - 1`` by the library's own sampler.
 
-Measured on toy-sd (UnlearnCanvas protocol, 1 image per prompt, seed 0; base prompts were then
-the caption with the target swapped for the next concept of its kind): the toy preset (30 % of
-the FFN weights, every step) gives star UA 50 % / IRA 100 % / CRA 99 %; 5 % gives UA 0 %, 50 %
-gives star UA 62 % and striped UA 0 %. The tiny toy UNet does not localise a concept in a few
-FFN neurons the way SD-1.5 does, so the paper's 80 %+ erasure is not reached here: **the
-acceptance (UA >= 80 %) is not met on toy-sd**. toy-sd has four transformer blocks of width 128
-(FFN inner width 512), and its FFNs are largely redundant with the residual path: pruning 30 % of
-every ``ff.net.2`` weight (the cap binds: 19,660 of 65,536 weights per layer, all chosen as
-skilled) leaves IRA at 100 % and CRA at 99 %, so what is removed is neither the concept nor
-anything the model needs. The official code's cross-attention variant (``hook_module="attn_val"``,
-whose input is the prompt embedding) did no better: star / striped UA 0 / 0 % at 1 % and 5 %, star
-12 % at 20 % (IRA 95-100 %, CRA 97-100 %): the 128-dimensional text embedding has no few
-dimensions that belong to one concept either.
-
-Upper bound (``bench/prune_bound.py``: ``ff.net.2`` of all four blocks zeroed outright, 100 %
-of the weights the paper's mechanism may touch; 1 image per prompt): UA star 75 %, cross 50 %,
-circle 25 %, heart 0 %, striped / dotted / gradient 0 % (IRA 79-88 %, CRA 89-94 %). Removing
-every FFN weight leaves the styles and most objects intact, so no selection of FFN weights can
-reach UA >= 80 % on toy-sd: the concepts reach the image through cross-attention and the
-residual path. Meeting that bar needs a model whose FFNs hold the concept, as SD-1.5's do in the
-paper (its weights are not available here). The official code's ``attn_val`` variant at large
-fractions does no better: 50 % gives star / striped UA 38 / 10 %, 70 % gives 38 / 30 % (IRA
-79-97 %).
+Toy preset: k and cap 30 %, far above the paper's, because toy-sd's small FFNs do not localise a
+concept in a few neurons; even zeroing every ``ff.net.2`` weight leaves most toy concepts intact
+(they reach the image through cross-attention and the residual path), so the UA bar is out of
+reach on toy-sd. Figures (and that upper bound, ``bench/prune_bound.py``):
+docs/results.md#concept_prune
 """
 
 from __future__ import annotations

@@ -26,22 +26,11 @@ All of these are unverified. Differences: concept captions are the world's capti
 the target (a free-text target is its own caption); the prior set is the world's captions without
 the target (or ``task.retain``).
 
-Toy preset and frontier (``bench/frontier.py --knob lr``, 200 steps, held-out concepts gradient
-(style) and diamond (object), seed 0, UA / IRA / CRA %): **lr 2e-4 (toy preset) 0.0 / 80.7 / 99.6
-and 100 / 100 / 88.5**; lr 6e-4 10.0 / 71.4 / 98.9 and 100 / 95.8 / 84.0; lr 2e-3 0.0 / 36.4 /
-82.9 and 100 / 68.8 / 63.2. On objects the mechanism works (the shape is gone; protocol cell cross,
-seed 0: UA 31%, so not for every object at this budget). On styles it cannot, by construction: a
-scrambled grid keeps colours and local texture, and on ToyCanvas a style *is* local texture, so
-the concept prompt is retaught to draw the same style without its object (on gradient the other
-kind's accuracy on the target prompts falls to 20-33% while the style stays recognisable at every
-learning rate). The published method targets objects and NSFW content, where layout carries the
-concept; it is not tuned into a different method here.
-
-Protocol (``configs/bench/finetune.yaml``: 6 concepts x seeds 0 and 1, 12 cells, toy preset, UA /
-IRA / CRA %): **61.0 / 91.6 / 94.3**; per concept (mean of the seeds) checkered 50 / 85 / 99, noisy
-10 / 79 / 100, wavy 100 / 86 / 100, cross 28 / 100 / 90, moon 88 / 100 / 89, arrow 91 / 100 / 88;
-54-163 s per erase on a shared CPU. Below the 80% UA bar: styles resist by construction, and only
-some objects go at this budget.
+Toy preset: lr 2e-4, 200 steps, the lr frontier's point with the best retention. It erases
+some objects, not styles: a scrambled grid keeps local texture, and a ToyCanvas style *is* local
+texture; the published method targets objects and NSFW content, where layout carries the
+concept, and it is not tuned into a different method here.
+Figures: docs/results.md#degeneration_tuning
 """
 
 from __future__ import annotations

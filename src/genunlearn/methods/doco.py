@@ -39,18 +39,8 @@ own noise draw instead of a second half-batch; (4) the discriminator's depth is 
 small latents (toy-sd's 8x8) still give a patch map. Without surgery (``gradient_surgery=False``)
 the update is the gradient of L_adv + 0.1 * ``prior_loss_weight`` * L_p, as in the official code.
 
-Toy preset and frontier (``bench/frontier.py --knob lr``, 300 steps after a 100-step
-discriminator warm-up, held-out concepts gradient (style) and diamond (object), seed 0,
-UA / IRA / CRA %): lr 2e-4 75 / 94.3 / 100 and 100 / 95.8 / 97.9; **lr 5e-4 (toy preset) 95 /
-88.6 / 100 and 100 / 89.6 / 96.5** (about 1.5 min); lr 1e-3 45 / 64.3 / 90.7 and 100 / 81.2 /
-89.9. At 1e-3 the adversarial alignment overshoots: the target prompts stop drawing their object
-at all (the other kind's accuracy on them 22.5% on gradient), and protocol cells at that rate
-(seed 0) were checkered 100 / 55.0 / 66.4 and cross 100 / 82.6 / 92.7.
-
-Protocol (``configs/bench/finetune.yaml``: 6 concepts x seeds 0 and 1, 12 cells, toy preset, UA /
-IRA / CRA %): **92.5 / 87.6 / 96.0**; per concept (mean of the seeds) checkered 100 / 75 / 88,
-noisy 55 / 86 / 100, wavy 100 / 94 / 100, cross 100 / 92 / 96, moon 100 / 82 / 97, arrow 100 / 96 /
-95; 57-182 s per erase on a shared CPU.
+Toy preset: lr 5e-4, 300 steps after a 100-step warm-up, the knee of the lr frontier (at 1e-3 the
+alignment overshoots: target prompts stop drawing their object). Figures: docs/results.md#doco
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ one inner problem serves a pass of outer steps (as in the official code; BOME so
 outer step); the inner problem runs a fresh Adam on its own random batches, while the official
 scripts reuse the outer optimiser (leaking the inner moments into the outer steps). The toy
 preset was sized with the official update (``inner_grad=False``), not yet re-measured.
+Figures: docs/results.md#erasediff
 """
 
 from __future__ import annotations

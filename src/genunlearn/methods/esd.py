@@ -33,41 +33,12 @@ several targets are erased by drawing one target per iteration (as the newer "al
 ``batch_size`` > 1 averages the loss over several trajectories per step (the toy preset uses 4
 to cut variance on a CPU).
 
-On toy-sd the concept prompt matters most. The bare words ("striped style") move toy-sd's
-prediction ~20x less than an in-distribution prompt, so ESD's target was nearly the model's own
-output (UA 0%). The default prompt is the world's phrase (``World.prompt``: "a shape in striped
-style", "a star"); the ``toy`` preset goes further and draws each iteration's prompt from the
-world's full captions that contain the concept (``prompt="captions"``, e.g. "a red star in
-striped style"; the newer code also trains several prompts, one per iteration). Frontier on
-toy-sd (``bench/frontier.py``, ESD-x, 200 steps, batch 4, seed 0, striped + star, 2 images per
-grid prompt; UA / IRA / CRA %, mean of the two concepts):
-
-- phrase prompt, lr 1e-3: eta 1 63 / 82 / 97; eta 2 57 / 78 / 97; eta 4 81 / 57 / 95
-- captions, eta 1: lr 1e-4 **100 / 92 / 94** (the toy preset, ~160 s on one core);
-  lr 3e-4 100 / 60 / 57; lr 1e-3 100 / 56 / 17
-- held-out gradient (style) and diamond (object), captions, eta 1, mean of the two: lr 5e-5
-  95 / 96 / 98 (gradient UA 90); **lr 1e-4 100 / 93 / 92**; lr 2e-4 100 / 94 / 72 (diamond's
-  CRA falls to 50%: the other attributes of the erased object's images go with it)
-
-lr 5e-5 also meets the bar on the held-out pair, with better CRA; the preset stays at 1e-4, the
-point that erases completely (UA 100 on both), and pays for it on objects: on the protocol below,
-moon and arrow keep CRA 81% and 69%, and ``target_cra`` (the other attributes on the target
-prompts) is 28-78% on every concept but noisy (82-92%). Lowering the preset to 5e-5 is the next
-thing to measure.
-
-i.e. the toy world reproduces ESD's published erasure-versus-retention trade-off: past the
-frontier's knee, retention collapses while UA is already saturated.
-
-Caveats seen with the toy preset (seed 0): on ``dotted`` UA is only 10% (the target prompts lose
-their object but keep the dots); on ``striped`` UA is 100% but the target prompts draw broken
-squiggles, not the object without stripes (the ``target_cra`` figure of the protocol shows this;
-UnlearnCanvas' CRA, measured on the other images, does not). 40 of the 50 captions of a style
-are used (``max_prompts``), so one colour is never trained.
-
-Protocol (``configs/bench/finetune.yaml``: 6 concepts x seeds 0 and 1, 12 cells, toy preset, UA /
-IRA / CRA %): **99.2 / 93.7 / 89.7**; per concept (mean of the seeds) checkered 100 / 85 / 99,
-noisy 95 / 92 / 95, wavy 100 / 87 / 93, cross 100 / 98 / 94, moon 100 / 100 / 81, arrow 100 / 100 /
-76; 149-431 s per erase on a shared CPU.
+The default prompt is the world's phrase (``World.prompt``: "a shape in striped style", "a
+star"), because toy-sd barely reacts to the bare words ("striped style"), which left ESD's target
+nearly the model's own output. The ``toy`` preset (ESD-x, lr 1e-4, 200 steps) draws each
+iteration's prompt from the world's full captions that contain the concept (``prompt="captions"``,
+at most ``max_prompts`` of them; the newer code also trains several prompts), the point of the lr
+frontier that erases completely. Figures: docs/results.md#esd
 """
 
 from __future__ import annotations

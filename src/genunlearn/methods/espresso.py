@@ -40,17 +40,8 @@ On toy-sd the CLIP is the committed toy-clip and the images are toy-sd's samples
 ``image_seed``, disjoint from the evaluation seeds) of the world's grid prompts that contain the
 target (unacceptable) and of those that do not (acceptable). The default acceptable text follows
 the official pairs (a concept -> its category; an artist -> "standard style"): "a shape" for
-objects and colours, "a shape in standard style" for styles.
-
-Measured on toy-sd (toy preset: 80 images per side, 20 epochs, lr 1e-3; committed toy-clip at
-94.1% rank-1; seed 0; 2 images per grid prompt; UA / IRA / CRA %, blocked images count as erased
-for UA and as wrong for IRA/CRA): star 100 / 95.8 / 95.1, striped 100 / 92.9 / 95.7, heart
-100 / 95.8 / 94.1, wavy 100 / 95.7 / 97.9 — every target image blocked (``filtered_target`` 100%)
-and 2-4% of the other images blocked (``filtered_retain``); 24-58 s per erase on one core.
-Protocol (``configs/bench/espresso.yaml``: flat, striped, dotted, wavy, circle, square, triangle,
-heart x seeds 0 and 1): **100 / 93.6 / 94.4**; every target image blocked in all 16 cells,
-2-10% of the other images blocked (most: circle 8-10%, flat 8%); 3-24 s per erase (the model's
-own images come from the shared generation cache after the first cell).
+objects and colours, "a shape in standard style" for styles. The toy preset (80 images per side,
+20 epochs, lr 1e-3) is sized for a small CLIP on a CPU. Figures: docs/results.md#espresso
 """
 
 from __future__ import annotations

@@ -32,25 +32,10 @@ UNet; about 10 concept images. Differences from the official code:
   tuning), which is left out;
 - Adam instead of AdamW without weight decay (identical at FMN's step counts).
 
-Measured on toy-sd (toy preset: whole UNet, lr 1e-4, 60 steps, batch 4, 16 images, 100 TI
-steps; seed 0, 2 images per prompt): star UA/IRA/CRA 44/44/50% in 68 s. The attention loss falls
-(5.8 -> 1.3), but suppressing attention does not remove the object selectively: the model
-degrades for every prompt instead. This is the weakness the literature reports (UnlearnCanvas:
-object UA 45.6%, FID 131; UnlearnDiffAtk: nudity ASR 97.9%). Frontier over the learning rate
-(``bench/frontier.py --knob lr``, held-out concepts gradient (style) and diamond (object), seed 0,
-UA / IRA / CRA %): lr 1e-5 -> 0.0 / 75.0 / 99.3 and 0.0 / 100 / 94.1; lr 3e-5 -> 0.0 / 32.9 / 81.8
-and 6.2 / 97.9 / 64.6; lr 1e-4 (toy preset) -> 40.0 / 2.9 / 42.1 and 100 / 50.7 / 35.1 (protocol
-cells, seed 0: checkered 50 / 7.1 / 16.8, cross 62.5 / 48.6 / 53.8). There is no point between
-"nothing erased" and "everything degraded": retention collapses (IRA 75 -> 33% on the style)
-before the first erased image appears. FMN does not reach the 80% UA bar with usable retention
-on toy-sd; the preset is the only setting that erases at all, kept so the benchmark shows the
-failure rather than a no-op.
-
-Protocol (``configs/bench/finetune.yaml``: 6 concepts x seeds 0 and 1, 12 cells, toy preset, UA /
-IRA / CRA %): **85.7 / 36.7 / 37.9**; per concept (mean of the seeds) checkered 68 / 10 / 20, noisy
-100 / 14 / 24, wavy 100 / 32 / 52, cross 72 / 52 / 56, moon 91 / 78 / 49, arrow 84 / 34 / 28; 14-44
-s per erase on a shared CPU. The UA comes with the collapse the frontier shows (IRA and CRA
-37-40%): not an erasure.
+Toy preset: whole UNet, lr 1e-4, 60 steps: on toy-sd no setting lies between "nothing erased"
+and "everything degraded", and this is the only one that erases at all, kept so the benchmark
+shows that failure (the weakness the literature reports) rather than a no-op.
+Figures: docs/results.md#forget_me_not
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """geom_erasing: Implicit Concept Removal of Diffusion Models (Geom-Erasing; Liu, Chen et al., ECCV 2024).
 
-Paper: Zhili Liu, Kai Chen, Yifan Zhang, Jianhua Han, Lanqing Hong, Hang Xu, Zhenguo Li,
-Dit-Yan Yeung, James Kwok, "Implicit Concept Removal of Diffusion Models", ECCV 2024,
-https://arxiv.org/abs/2310.05873 — project page kaichen1998.github.io/projects/geom-erasing
-(no official code found).
+Paper (authors: Zhili Liu, Kai Chen, Yifan Zhang, Jianhua Han, Lanqing Hong, Hang Xu, Zhenguo
+Li, Dit-Yan Yeung, James Kwok): https://arxiv.org/abs/2310.05873 — project page
+kaichen1998.github.io/projects/geom-erasing (no official code found).
 
 Idea: an *implicit* concept (watermark, QR code, text) is one the model learned from its training
 images although no caption names it; the model can neither produce it on request nor localise it
@@ -21,17 +20,14 @@ caption ``c' = c + " logo top left"`` (one ``concept_word + cell`` phrase per ce
 in cell order; unchanged when D does not fire); loss ``|| eps_theta(x_t, t, E(c')) - eps ||^2``;
 negative prompt = ``concept_word + cell`` for every cell D marked in the training images.
 
-Tokens: the paper adds new learnable location tokens to the vocabulary; here they are words the
-toy tokenizer already has as single tokens ("logo", "top", "bottom", "left", "right"), so no
-vocabulary or embedding-table change is needed and the artifact stays a parameter delta.
-
-Weights: the paper does not say which weights train (unverified). Default: the whole UNet
-(``full``). Why: the concept lives in the UNet's image prior (the plain captions produce it), and
-the UNet is what must learn to draw the concept only under the new tokens; the frozen text
-encoder keeps every ordinary caption's meaning intact. ``parameter_group`` accepts any selector
-(e.g. ``re:^(unet|text_encoder)\\.`` for GeoDiffusion-style UNet + text encoder tuning).
-
 Differences from the paper:
+- location tokens: the paper adds new learnable tokens to the vocabulary; here they are words the
+  toy tokenizer already has as single tokens ("logo", "top", "bottom", "left", "right"), so the
+  embedding table does not change and the artifact stays a parameter delta;
+- trained weights: not stated in the paper (unverified); default the whole UNet (``full``), as
+  the concept lives in the UNet's image prior (the plain captions produce it) and the frozen text
+  encoder keeps every ordinary caption's meaning; ``parameter_group`` accepts any selector (e.g.
+  ``re:^(unet|text_encoder)\\.`` for GeoDiffusion-style UNet + text encoder tuning);
 - training images are the model's own generations from its world's captions (the paper
   fine-tunes on the concept-carrying dataset, e.g. its ICD); they carry the concept at the rate
   the model produces it;
@@ -40,52 +36,12 @@ Differences from the paper:
   was trained on; a small text encoder does not generalise to unseen prompt forms;
 - paper hyper-parameters (lr, steps, batch) are not published in what we could read
   (unverified): the ``paper`` preset uses common SD-1.x fine-tuning values; the ``toy`` preset
-  decays its rate (``lr_schedule="cosine"``) and drops the caption for 70% of the images;
+  drops the caption for 70% of the images and decays a high rate (lr 1e-3, cosine), because at
+  a constant rate the result was wherever the last large steps left the weights;
 - ToyCanvas models only (the training captions come from the world); a real checkpoint would
   need a captioned image folder, not implemented.
 
-Measured on toy-sd's watermark variant (``bench/geom_erasing.py``, 80 grid prompts x 2 images,
-each image from its own starting noise; variant: 46.3% of generations watermarked, prompt
-fidelity 0.948; plain toy-sd 0%). ``toy`` preset (400 generated images, 300 steps of 16, AdamW
-lr 1e-3 decayed by cosine, caption_dropout 0.7): watermark rate 0.044 / 0.081 / 0.056 / 0.050 on
-erasure seeds 0-3, relative drop **90.5 / 82.4 / 87.8 / 89.2%** (mean 87.5%), prompt fidelity
-0.810 / 0.833 / 0.802 / 0.823; erasure seeds 4 / 5 under evaluation seed 7 (other starting
-noises; variant 46.9%): drop 80.0 / 81.3%, fidelity 0.804 / 0.821; erasure seeds 6 / 7 under
-evaluation seed 3 (variant 45.6%): drop 80.8 / **79.5%**, fidelity 0.854 / 0.844; erasure seed 8
-under evaluation seed 11 (variant 45.0%): **77.8%**, fidelity 0.804; seed 9 under evaluation seed
-5 (variant 50.0%): 82.5%, fidelity 0.812. Over these ten runs the mean drop is 83.2% and fidelity
-0.80-0.85: the acceptance (drop >= 80%, fidelity >= 0.8) holds on average and in eight of the
-ten runs, at the bar rather than above it, with thin margins on both sides: style
-accuracy pays (0.89 -> 0.58-0.71), and one run's rate is 160 images (about +-5 points of drop);
-evaluation seeds other than 0 give drops nearer 80%.
-
-How the preset was found (relative drop on erasure seeds 0 / 1 / 2 / 3, evaluation seed 0):
-
-- constant lr 3e-4, caption_dropout 0.1 (the earlier preset): 79.7 / 50.0 / 8.1 / 45.9%: the
-  result was wherever the last large steps left the weights;
-- cosine decay, otherwise the same: 64.9 / 47.3 / 55.4 / 67.6%; caption_dropout 0.5: 70.3 /
-  48.6 / 55.4 / 59.5%; 0.7: 75.7 / 51.4 / 55.4 / 67.6%;
-- cosine, caption_dropout 0.7, lr 6e-4: 86.5 / 63.5 / 70.3 / 81.1% (fidelity 0.87-0.88); lr 8e-4:
-  87.8 / 77.0%; lr 1e-3: the preset; lr 1e-3 with caption_dropout 0.5: 83.8 / 68.9 / 70.3%;
-  lr 1e-3 with batch 32: 79.7 / 85.1 / 86.5 / 74.3% and 80.0 / 78.7% on seeds 4 / 5 under
-  evaluation seed 7 (fidelity 0.835-0.885: better fidelity, a lower drop); batch 32 for 450
-  steps: 79.7% on seed 0;
-- no help (all with cosine decay and lr 3e-4): 600 steps (63.5%, seed 0; the fine-tune alone
-  39.2%), 800 generated images for 600 steps (50.0%, seed 0), and with caption_dropout 0.7: the
-  text encoder trained as well (41.9%, seed 1), the denoising loss weighted x5 / x20 inside the
-  marked cells (a trial, not kept: 62.2 / 54.1% on seed 0, 44.6 / 47.3% on seed 1);
-- earlier, at constant lr: detector threshold 0.15 (171 images marked instead of 165: the
-  detector missing faint marks is not the cause); training on the concept-carrying dataset
-  itself (ToyCanvas renders stamped as the variant's recipe stamps them, as the paper fine-tunes
-  on its ICD): seed 1 27.1%, the fine-tuned model alone 46.3% -> 43.1% (clean renders are far from
-  what the variant generates); other negative prompts on one fine-tuned model (seed 1): all four
-  cells (the method's) 50.1%, "logo" 13.6%, "logo bottom left" 39.3%.
-
-The tokens alone as a negative prompt without the fine-tuning remove 2.7%. The tokens bind
-weakly: after a fine-tune (cosine, lr 3e-4, caption_dropout 0.7, seed 1), appending all four
-location phrases to 40 captions raises their watermark rate only from 0.25 to 0.39, while the
-tokens alone give 0.69 and the empty prompt 0.125; the negative prompt works through that
-contrast, and a stronger fine-tune (higher lr, decayed so that it settles) sharpens it.
+Figures (and settings tried): docs/results.md#geom_erasing
 """
 
 from __future__ import annotations

@@ -38,11 +38,7 @@ mean (``regions="attention"``; "none": all pixels); the LoRA is our own rank-r t
 (``core.lora``), since fusion needs only B A. The toy preset (lam 1, preserve 0.1, lr 1e-2,
 batch 4, 16 images) replaces scales tuned for COCO-sized preserve statistics.
 
-Measured on toy-sd, toy preset (closed_form.yaml: flat, striped, dotted, wavy, circle, square,
-triangle, heart x seeds 0 and 1): **93.8 +- 14.6 / 97.3 / 98.5**, 11 s per erase; below 90% UA:
-striped seed 1 (50%), circle seed 0 (69%), square seed 0 (81%). Ten concepts in one call
-(``bench/multi_concept.py``, seeds 0 / 1): UA 76.2% / 69.2%, IRA 76.7% / 85.0%, CRA 100%;
-striped and circle resist while the other eight reach 70-100%.
+Figures (protocol, ten concepts in one call): docs/results.md#mace
 """
 
 from __future__ import annotations

@@ -35,35 +35,12 @@ Differences from the official code: the mitigation applies to every ``attn2`` la
 detection averages each layer's head-averaged attention with equal weight (the official script
 repeats heads to equalise layer sizes, which amounts to the same).
 
-toy preset (measured on the memorizing toy variant, ``genunlearn testbed memorize``): toy-sd's
-UNet has only 4 ``attn2`` layers, so detection uses mode D over all layers (no "layer 3 of 16"
-exists). The padding mask is **off**: toy-sd reads a prompt's style from the end/padding
-("summary") positions of its small causal text encoder, and masking them dropped the style
-accuracy of ordinary grid prompts from 94% to 34-41%. **c1 = 6**: toy-sd's cross-attention has
-no BOS sink (BOS gets 3-20% of the conditional attention mass, the tag tokens ~40% for memorized
-and control prompts alike; SD puts most of the mass on BOS), so the paper's 1.25 moves almost
-nothing. The paper preset keeps the official mask + c1 = 1.25. Figures: ``bench/memattn.py``.
-
-Measured (variants from the default memorize recipe, recipe seeds 0 / 1: memorized images are
-ordinary renders plus a corner mark no caption names, K = 8; 4 samples per prompt; pixel RMSE in
-[0, 1] to the nearest memorized image; ``bench/memattn.py``):
-
-- copies: generations for memorized prompts lie at RMSE 0.096 / 0.094 (100 / 97% within 0.12),
-  those for their plain captions at 0.225 / 0.219 (3%), tagged controls at 0.162 / 0.180. The
-  mitigation lowers that similarity only with c1 well above the paper's. Seed 0: c1 = 1.25
-  0.096 (unchanged), 2: 0.097, 3: 0.107, 4: 0.118, **6: 0.140** (56% within 0.12; RMSE inside
-  the mark's disc 0.24 -> 0.33), 10: 0.155; with the mask on as well c1 1.25 / 2 / 4 give
-  0.101 / 0.105 / 0.121. Seed 1, c1 = 6: 0.094 -> 0.129 (97 -> 62% within 0.12). Prompt
-  fidelity (evaluator accuracy, mean of object / style / colour) with c1 = 6: grid prompts
-  96 / 96% (98 / 99% unmitigated), the memorized prompts' content 91 / 96% (96 / 93%); with the
-  mask on, grid prompts drop to 77-79% (style 34-41%).
-- detection: **not met on toy-sd**. AUC of the memorized prompts against same-length controls
-  with never-trained tags is 0.29-0.48 / 0.14-0.63 across modes (E per layer, E over all
-  layers, D), i.e. memorized prompts get no higher attention entropy than controls: toy-sd's
-  attention is spread nearly uniformly over the tokens (entropy ~3.3 of ln 32 = 3.47 nats) for
-  every prompt, so the paper's contrast between BOS-dominated ordinary prompts and
-  trigger-dominated memorized ones does not exist. Against the shorter plain captions AUC is
-  0.38-0.95 / 0.44-1.0 (E over all layers 0.94 / 0.96), a prompt-length effect, not memorization.
+toy preset: detection mode D over all layers (toy-sd has 4 ``attn2`` layers, no "layer 3 of 16");
+the padding mask **off** (toy-sd reads a prompt's style from the end/padding positions of its
+small causal text encoder); **c1 = 6** (toy-sd's cross-attention has no BOS sink, so the paper's
+1.25 moves almost nothing). The paper preset keeps the official mask + c1 = 1.25. Detection does
+not separate memorized prompts on toy-sd (its attention is spread nearly uniformly over the
+tokens for every prompt). Figures (memorizing variant): docs/results.md#memattn
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ concept's text steers every generation away from it. This is the "SD-NEGP" basel
 the negative-prompt baseline of ESD (https://arxiv.org/abs/2303.07345). No weight changes: the
 artifact is empty and the run stores the negative prompt as inference state.
 
-Measured on toy-sd (CFG 3 and 5): a negative prompt does not erase a concept that the prompt
-names explicitly (UA 0-10% for "heart" and "dotted"); it is a baseline for implicit prompts.
+On toy-sd a negative prompt does not erase a concept that the prompt names explicitly; it is a
+baseline for implicit prompts. Figures: docs/results.md#negative_prompt
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Not a paper method; it exercises the whole erase -> run directory -> load_run path with an empty
 artifact and gives the "before" numbers (UnlearnCanvas reports its base model the same way,
-https://arxiv.org/abs/2402.11846).
+https://arxiv.org/abs/2402.11846). Figures: docs/results.md#original
 """
 
 from __future__ import annotations

@@ -30,27 +30,14 @@ target, and the mosaic is a uniform pixelation of the whole image (the concept f
 image; the block size of the paper's tool is not published, 16 px on 512 px is our default). No
 EMA, fp16 or lr warm-up (a 200-step warm-up in the script), which do not change the objective.
 ``text_agnostic=False`` trains with the images' captions instead of the empty one — an ablation
-knob, not the paper's method.
+knob, not the paper's method, used by no preset.
 
-Measured on toy-sd (toy preset: 300 steps, lr 1e-3, 8 px mosaic; ``bench/frontier.py --knob
-weight_mosaic``, held-out concepts gradient (style) and diamond (object), seed 0, UA / IRA / CRA
-%): weight_mosaic 0.1 -> 0.0 / 86.4 / 100 and 0.0 / 100 / 95.8; 0.5 -> 0.0 / 87.9 / 100 and
-0.0 / 99.3 / 95.8; 1.0 -> 0.0 / 89.3 / 99.6 and 0.0 / 99.3 / 95.5. Protocol cells (seed 0): checkered 10%,
-cross 0%. SafeGen does not erase a prompted style or object on toy-sd at any mosaic weight, and
-the likely reason is its design rather than a setting (not verified by measuring the two CFG
-branches separately): it is text-agnostic, trained under the *empty* caption only, while a
-ToyCanvas concept is asked for by name. With classifier-free
-guidance the sample follows eps("") + w (eps(c) - eps("")); the edit moves eps("") on concept
-images towards the mosaic but leaves the conditional branch's pull towards the named concept, which
-guidance (w = 3) then amplifies. The paper's target, nudity, is a *visual* region reached by
-many unrelated prompts, where the self-attention edit is what the denoiser ends up following.
-``text_agnostic=False`` (train with the images' captions) is kept as an ablation knob; it turns
-SafeGen into a caption-conditioned fine-tune and is not used by any preset.
-
-Protocol (``configs/bench/finetune.yaml``: 6 concepts x seeds 0 and 1, 12 cells, toy preset, UA /
-IRA / CRA %): **9.1 / 97.4 / 98.6**; per concept (mean of the seeds) checkered 10 / 96 / 100, noisy
-8 / 92 / 100, wavy 28 / 97 / 100, cross 9 / 100 / 98, moon 0 / 100 / 97, arrow 0 / 100 / 97; 59-153
-s per erase on a shared CPU. Below the 80% UA bar: text-agnostic by design (see above).
+Toy preset: 300 steps, lr 1e-3, 8 px mosaic, the paper's w_m; no mosaic weight erases a prompted
+ToyCanvas concept, likely by design (not verified by measuring the two CFG branches apart): the
+edit moves eps("") on concept images towards the mosaic but leaves the conditional branch's pull
+towards the named concept, which guidance amplifies. The paper's target, nudity, is a *visual*
+region reached by many unrelated prompts, where the self-attention edit is what the denoiser ends
+up following. Figures: docs/results.md#safegen
 """
 
 from __future__ import annotations

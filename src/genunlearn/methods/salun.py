@@ -34,21 +34,8 @@ does for NSFW; batches are drawn with replacement instead of epoch passes; c_pse
 ``task.anchor`` or the next concept of the target's kind in world order (the paper's "next
 class"), free-text targets relabel to ``task.anchor`` or "".
 
-Toy preset and frontier (``bench/frontier.py --knob steps``, held-out concepts gradient (style) and
-diamond (object), seed 0, UA / IRA / CRA %): 60 steps 95 / 72.9 / 98.6 and 100 / 97.2 / 91.7;
-**120 steps (toy preset) 100 / 73.6 / 99.6 and 100 / 98.6 / 90.3** (about 1 min); 240 steps
-95 / 75.0 / 98.6 and 100 / 99.3 / 89.2. Erasure is complete by 60 steps and more steps change
-little; what fails is IRA on the style: erasing gradient (relabelled to outlined) makes checkered
-images read as gradient (12 of 20) and flat ones as noisy (10 of 20), at every step count, so
-the concept's identity leaks onto its neighbours in the shared cross-attention. Protocol cells
-(seed 0): checkered 100 / 83.6 / 98.9, noisy 60.0 / 80.7 / 98.9, wavy 100 / 87.1 / 99.6, cross
-100 / 96.5 / 91.0, moon 93.8 / 96.5 / 86.1, arrow 100 / 99.3 / 88.9 (mean 92.3 / 90.6 / 93.9;
-noisy is the miss).
-
-Protocol (``configs/bench/finetune.yaml``: 6 concepts x seeds 0 and 1, 12 cells, toy preset, UA /
-IRA / CRA %): **92.8 / 91.4 / 94.4**; per concept (mean of the seeds) checkered 100 / 88 / 99,
-noisy 60 / 80 / 99, wavy 100 / 86 / 99, cross 100 / 97 / 92, moon 97 / 98 / 88, arrow 100 / 100 /
-89; 30-58 s per erase on a shared CPU.
+Toy preset: UnlearnCanvas' ``xattn`` and alpha 1, lr 1e-3, 120 steps, past the point of the step
+frontier where erasure is complete (more steps change little). Figures: docs/results.md#salun
 """
 
 from __future__ import annotations

@@ -37,32 +37,9 @@ GPT-written prompts); surrogate, replay and Fisher sets are smaller in the toy p
 it by T / ``fisher_timesteps`` (an estimate of the all-timestep sum, so lambda keeps its
 meaning); EWC sums over the trained weights only (the others cannot move).
 
-Toy preset and frontier (UA / IRA / CRA %, seed 0, held-out concepts gradient (style) and diamond
-(object), 2 images per grid prompt). lambda is the knob that decides everything, and its scale is
-the model's: the Fisher is a sum of squared per-sample gradients, so its magnitude depends on the
-network, and lambda = 50 (the paper's, for SD-1.4) freezes toy-sd. Full UNet, 150 steps, lr 5e-4:
-lambda 50 -> 0.0 / 96.4 / 100 and 6.2 / 100 / 97.6 (nothing erased: the published default run on
-six concepts gave UA 0-30%); lambda 5 -> 0.0 / 89.3 and 75.0 / 100; lambda 0.5 -> 55.0 / 75.0 and
-100 / 100; lambda 0 -> 85.0 / 75.7 / 99.6 and 100 / 97.9 / 88.2. Generative replay carries most
-of the retention (lambda 0 and gamma 0: IRA 37% on checkered, against 79% with gamma 1), and on a
-style the full-UNet fine-tune turns other styles "noisy" (flat -> noisy in 11 of 20 images) at
-every setting tried (lr 2e-4 x 400 steps, batch 32, gamma 3: IRA 74-76%). Training the
-cross-attention only (the paper's ``train_method`` choice) avoids that: ``xattn``, 300 steps, lr
-1e-3 -> lambda 0: 95 / 79 / 100 and 100 / 99 / 90; **lambda 0.1: 90 / 83 / 100 and 100 / 100 / 94**
-(about 2 min each), the toy preset: the EWC term now buys retention (IRA 79 -> 83 on the style)
-instead of blocking the forgetting; lambda 1 -> 65 / 94.3 / 100 and 100 / 100 / 96.9 (the xattn
-frontier, ``bench/frontier.py --knob lam --values 0,0.1,1``).
-
-The surrogate concept (measured with the toy preset; the frontier above used the sibling, "next"):
-relabelled to its sibling ``wavy``, ``noisy`` stayed noisy (UA 20 / 25%, seeds 0 / 1: mottled,
-half-wavy textures the evaluator still reads as noisy; 45% with 600 steps or lr 2e-3); relabelled
-to the generic ``flat`` (``surrogate="neutral"``, now the default) UA 70 / 85%, IRA 84 / 86%.
-Held-out ``gradient`` goes from 90 / 83 / 100 (sibling ``outlined``) to 100 / 87 / 100 (seeds 0
-and 1 alike). Protocol (``configs/bench/finetune.yaml``: checkered, noisy, wavy, cross, moon,
-arrow x seeds 0, 1; objects have no generic concept, so their cells are the sibling runs):
-**96.2 / 94.5 / 95.8** over the 12 cells (was 87.1 / 93.5 / 95.7); noisy 77 / 85 / 100, checkered
-100 / 94 / 100, wavy 100 / 89 / 100, cross 100 / 100 / 93, moon 100 / 100 / 93, arrow
-100 / 100 / 89 (means over the two seeds); 126-171 s per erase.
+Toy preset: cross-attention (``xattn``) with lambda 0.1: the Fisher's scale is the model's, so
+the paper's lambda 50 freezes toy-sd, and a full-UNet fine-tune turns other styles "noisy".
+Figures (lambda frontier, surrogate choice): docs/results.md#selective_amnesia
 """
 
 from __future__ import annotations

@@ -37,20 +37,10 @@ beta 1e-6, max_base 691, up to 1000 steps, one image per step. Differences from 
   value without a second pass through the trained model;
 - the L1 term is the mean over projections of sum |Delta W_i| (as the official code).
 
-Toy preset: SD-scale constants do not transfer (the CiE term starts near 1e-3 on toy-sd), so the
+Toy preset: SD-scale constants do not transfer (the CiE term is far smaller on toy-sd), so the
 basis is unscaled, lr 1e-3, batch 4, and training stops once the concept direction is
-decorrelated (momentum statistic < 0) after at least ``min_steps`` steps. Measured on toy-sd
-(seed 0, 2 images per prompt, UA/IRA/CRA %): heart 100/96/98, star 100/96/99, moon 100/96/98, striped 100/95/100,
-wavy 80/96/100, checkered 95/96/100 (mean 95.8/95.7/99.1, 3-6 s each). With the bare words
-("striped style") instead of the phrase, styles stayed at 55-80% UA: the bare words' shift
-transfers only partly to full captions. Harder settings overshoot: lr 1e-2 without the
-decorrelation stop gave star 100/35/73%. The frontier over the minimum number of steps
-(closed_form bench, 4 styles + 4 objects, seed 0): min_steps 20 gave 89.8/95.2/98.8 (circle UA 62%); on the
-three hardest concepts (circle, triangle, wavy) min_steps 40 gave 92.5/89.5/97.5 and 80 gave
-97.9/76.8/96.8, so the toy preset uses 40 (and the docstring figures above are at 20). The full
-protocol at the toy preset (closed_form.yaml, 8 concepts x seeds 0 and 1): **97.2 +- 5.1 /
-87.9 +- 4.6 / 98.3**, 7 s per erase; the retention cost is on the same kind (IRA 81-85% for
-striped, dotted, square, triangle), UA below 90% only for circle (88%).
+decorrelated (momentum statistic < 0) after at least ``min_steps`` = 40 steps, the knee of the
+``min_steps`` frontier. Figures: docs/results.md#sepme
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """spm: Concept Semi-Permeable Membrane, a one-dimensional adapter (Lyu et al., CVPR 2024).
 
 Paper: "One-dimensional Adapter to Rule Them All: Concepts, Diffusion Models and Erasing
-Applications" (Mengyao Lyu, Yuhong Yang, Haiwen Hong, Hui Chen, Xuan Jin, Yuan He, Hui Xue,
-Jungong Han, Guiguang Ding).
-
+Applications" (Lyu, Yang, Hong, Chen, Jin, He, Xue, Han, Ding),
 https://arxiv.org/abs/2312.16145 — official code: github.com/Con6924/SPM.
 
 Idea: the base model is frozen; a rank-1 ("one-dimensional") adapter ``W x + m s up(down(x))``
@@ -12,20 +10,20 @@ Conv2d inside every Transformer2DModel of the UNet (proj_in/out, attn1/attn2 q/k
 feed-forward layers). It is trained, with the base weights untouched, on two terms:
 
 - erase (ESD-style): x_t comes from a partial DDIM run *with the adapter on* (CFG
-  ``start_guidance``, a random stop k in 1..n-1 of ``ddim_steps``), and
-  eps_adapted(x_t, c_target) is regressed onto eps(x_t, c_neutral) - g [eps(x_t, c_positive) -
-  eps(x_t, c_neutral)] of the base model (adapter off); g = ``guidance``, neutral = "" and
-  positive = the target, as in the official prompt defaults;
+  ``start_guidance``, a random stop k in 1..n-1 of ``ddim_steps``), and eps_adapted(x_t, c_target)
+  is regressed onto eps(x_t, c_neutral) - g [eps(x_t, c_positive) - eps(x_t, c_neutral)] of the
+  base model (adapter off); g = ``guidance``, neutral = "" and positive = the target, as in the
+  official prompt defaults;
 - latent anchoring: ``anchor_batch`` random conditionings are drawn as Gaussian noise of the
   target embedding's shape, accepted with probability 1 - cos(target, noise) (so concepts far
   from the target are favoured) and rescaled to 0.8-1.2 times the target embedding's norm; the
   adapted and the base predictions on them are pulled together with weight ``la_strength``.
   This closes the membrane for everything that is not the target, without any data.
 
-At inference the multiplier m is set per prompt by *facilitated transport*: max(cosine
-similarity of the prompt embedding with the erased prompt's, share of the erased prompt's tokens
-in the prompt). The adapter is the run's own small file (``addon.safetensors``); several SPMs
-load together with ``gu.load_run([run_a, run_b])``, each with its own multiplier.
+At inference the multiplier m is set per prompt by *facilitated transport*: max(cosine similarity
+of the prompt embedding with the erased prompt's, share of the erased prompt's tokens in the
+prompt). The adapter is the run's ``addon.safetensors``; ``gu.load_run([run_a, run_b])`` loads
+several SPMs, each with its own multiplier.
 
 Symbols: g = ``guidance``; n = ``ddim_steps``; lambda_LA = ``la_strength``; the adapter rank and
 alpha are ``rank`` / ``alpha``. Paper defaults: rank 1, alpha 1, 3000 iterations, batch 1, lr
@@ -39,29 +37,11 @@ single SPM scaled by m^2); the gate is computed per conditioning row, so the unc
 branch of classifier-free guidance gets the empty prompt's own multiplier instead of sharing the
 prompt's. With ``use_template`` the official code templates only the target prompt (CLIP
 ImageNet templates); on a labelled world we template the target, positive and neutral prompts
-together with the world's own captions (neutral = the caption without the target's word), because
-a toy model has only ever seen full captions. The toy preset trains for fewer steps with a larger
-learning rate and uses those world templates.
+together with the world's own captions (neutral = the caption without the target's word), as a
+toy model has only ever seen full captions (the toy preset does).
 
-Measured on toy-sd (toy preset: 300 steps, lr 2e-3, trajectories from a 10-step DDIM schedule,
-``la_strength`` 100; ``configs/bench/closed_form.yaml`` concepts x seeds 0 and 1, UA / IRA / CRA %,
-2 images per grid prompt): **100.0 / 96.6 / 99.0** over the 16 cells, every cell at UA 100.
-Styles flat 100 / 98 / 100, striped 100 / 85 / 100 (IRA 84 / 86), dotted 100 / 92 / 100, wavy
-100 / 98 / 100; objects circle 100 / 100 / 97, square 100 / 99 / 98, triangle 100 / 100 / 98, heart
-100 / 100 / 98 (means of the two seeds). 162-508 s per erase with 3-4 jobs on 2 CPU cores.
-
-Why ``la_strength`` is 100 on toy-sd, not the paper's 1000: with 1000 every style and triangle /
-heart were erased, but square reached UA 88 / 56% and circle 25 / 0% (seeds 0 / 1; 16 cells 85.2 /
-97.0 / 99.1). After that circle erasure the adapter pointed the right way but was too weak: with
-its multiplier forced to 2 the circle prompts gave heart, circle and square (10 / 5 / 1 of 16), at
-4 almost no circle, while at the transported multiplier (1.0 for circle prompts) all 16 stayed
-circles. toy-sd draws circles and squares for conditionings that name no shape, which is what
-latent anchoring's random embeddings are, so a strong anchoring term holds exactly the outputs
-the erasure must move. At 100 circle and square go (seed 1: 100 / 100 / 97 and 100 / 99 / 98) and
-the rest stays (the protocol above). Other things tried at 1000 that did not help: a neutral
-prompt with a placeholder word ("a red shape in flat style") instead of the caption without the
-target word (circle 6%, square 0%); multiplier 0 on the unconditional branch of guidance (circle
-still 16 of 16).
+Toy preset: ``la_strength`` 100, not 1000: toy-sd draws circles and squares for shapeless
+conditionings such as anchoring's, so strong anchoring pins them. Figures: docs/results.md#spm
 """
 
 from __future__ import annotations

@@ -28,21 +28,9 @@ images are 32x32 and arrows / moons are oriented); fp32; one batch of 16 instead
 accumulation (the same gradient). ``alpha`` < 0 adds the task vector instead (used by the tests:
 alpha = -1 returns theta_ft itself).
 
-Toy preset and frontier (``bench/frontier.py --knob alpha``, 150 fine-tuning steps at lr 3e-4,
-held-out concepts gradient (style) / diamond (object), seed 0, UA / IRA / CRA %): alpha 0.75 ->
-20.0 / 92.9 / 100 and 12.5 / 100 / 92.7; **alpha 1.25 -> 70.0 / 82.1 / 98.6 and 93.8 / 95.1 /
-81.9** (the toy preset: mean UA 81.9); alpha 1.75 (the script's default) -> 75.0 / 75.7 / 88.2
-and 100 / 81.2 / 64.9. Because the task vector is learnt from the empty caption it moves the
-image distribution, not one word: past alpha ~1.25 it costs the other kind's accuracy (CRA) about
-as fast as it erases, and a style is harder to subtract than an object. Protocol cells at the
-preset (seed 0): checkered 70 / 74 / 98, noisy 15 / 87 / 99, wavy 100 / 90 / 96, cross 44 / 97 /
-90, moon 94 / 99 / 85, arrow 81 / 99 / 83 (mean UA 67%): below the issue's 80% bar, and no alpha
-on the frontier reaches it without CRA below 80%.
-
-Protocol (``configs/bench/finetune.yaml``: 6 concepts x seeds 0 and 1, 12 cells, toy preset, UA /
-IRA / CRA %): **71.2 / 89.4 / 90.8**; per concept (mean of the seeds) checkered 70 / 75 / 98, noisy
-45 / 82 / 99, wavy 100 / 87 / 96, cross 47 / 96 / 91, moon 94 / 99 / 83, arrow 72 / 98 / 79; 43-126
-s per erase on a shared CPU. Below the 80% UA bar (see the frontier above).
+Toy preset: 150 steps at lr 3e-4, alpha 1.25, the knee of the alpha frontier: learnt from the
+empty caption, the vector moves the image distribution, not one word, so past it the other
+kind's accuracy falls about as fast as the concept goes. Figures: docs/results.md#task_vectors
 """
 
 from __future__ import annotations

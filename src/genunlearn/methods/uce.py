@@ -15,10 +15,8 @@ Modes (symbols as in the paper):
 - ``erase``: v_i* = W c_guide, the guide being ``task.anchor``, else ``guide``, else the empty
   prompt (the 2025 code's default). ``guide="neighbour"`` picks, for a concept of the model's
   world, the next concept of the same kind (the toy preset: on toy-sd mapping a concept to ""
-  leaves objects half drawn, e.g. heart UA 19%, while a concrete same-kind guide erases them:
-  UA 88-100% over 6 concepts; the paper also maps concepts to chosen guides). Protocol
-  (closed_form.yaml, 4 styles + 4 objects x seeds 0 and 1): 98.4 +- 4.3 / 98.3 / 99.1, 0.13 s per
-  edit; the only miss is heart (UA 88% on both seeds).
+  leaves objects half drawn, while a concrete same-kind guide erases them; the paper also maps
+  concepts to chosen guides). Figures: docs/results.md#uce
 - ``moderate``: every target maps to the empty prompt.
 - ``debias``: v_i* = W (c_i + sum_k alpha_k a_k) for the attribute embeddings a_k (``attributes``,
   e.g. colours for an object). The alphas start at 0 and are tuned in an outer loop: generate
@@ -35,15 +33,15 @@ Concepts of the model's world are said with the world's in-distribution phrase (
 "a heart", "a shape in striped style"); free text as given.
 
 Embeddings (``token_mode``): ``last_to_end`` (2023 code) uses the tokens from the concept's last
-word through the padding, aligned position by position with the guide's (or attribute's)
-tokens from its last word (the empty guide starts at its end-of-text token); ``last`` (2025
-rewrite) uses the last word token only. Preserve prompts use all their tokens, and "" is always
-preserved (2023 code). Preserve set: ``task.retain`` if given, else every other concept of the
-model's world (none for a plain checkpoint). ``templates`` is the 2025 code's ``expand_prompts``:
-each template filled with the target is one more edit prompt mapped to the guide. Paper defaults: lam 0.5, erase scale 1, preserve
-scale max(0.1, 1/N); debias: 30 rounds, max diff 0.05, step 0.1, 10 images, 20 sampler steps,
-uniform desired ratios. A guide, attribute or explicit preserve concept that is also a target
-is an error (the edit and the preserve term would contradict each other).
+word through the padding, aligned position by position with the guide's (or attribute's) tokens
+from its last word (the empty guide starts at its end-of-text token); ``last`` (2025 rewrite) uses
+the last word token only. Preserve prompts use all their tokens, and "" is always preserved (2023
+code). Preserve set: ``task.retain`` if given, else every other concept of the model's world (none
+for a plain checkpoint). ``templates`` is the 2025 code's ``expand_prompts``: each template filled
+with the target is one more edit prompt mapped to the guide. Paper defaults: lam 0.5, erase scale
+1, preserve scale max(0.1, 1/N); debias: 30 rounds, max diff 0.05, step 0.1, 10 images, 20 sampler
+steps, uniform desired ratios. A guide, attribute or explicit preserve concept that is also a
+target is an error (the edit and the preserve term would contradict each other).
 """
 
 from __future__ import annotations

@@ -14,9 +14,8 @@ Half of every batch is first passed through toy-sd's VAE (encode + decode), beca
 images reach the detector through that decoder and the VAE turns the badge into a soft blob; the
 rest gets the evaluator's light blur and noise. ``held_out_accuracy`` reports existence and
 location accuracy on fresh images, raw and VAE round-tripped (printed by ``python -m
-genunlearn.metrics.watermark`` and stored in ``detector.json``): the committed detector scores
-100 % existence and 100 % location accuracy on 1000 fresh images, raw and VAE round-tripped
-(4000 training images, 1200 steps; 9.6 min on one contended CPU thread).
+genunlearn.metrics.watermark`` and stored in ``detector.json``; figures of the committed
+detector: docs/results.md#watermark-variant-and-detector).
 
 Metric ``watermark`` (``gu.evaluate(model, protocol="watermark")``): generate ``n_per_prompt``
 images for each of the first ``n_prompts`` ToyCanvas grid prompts (prompt k from seeds
