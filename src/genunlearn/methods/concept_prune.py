@@ -36,7 +36,7 @@ with seeds ``seed .. seed + n - 1`` by the library's own sampler.
 Toy preset: k and cap 30 %, far above the paper's, because toy-sd's small FFNs do not localise a
 concept in a few neurons; even zeroing every ``ff.net.2`` weight leaves most toy concepts intact
 (they reach the image through cross-attention and the residual path), so the UA bar is out of
-reach on toy-sd. Figures (and that upper bound, ``bench/prune_bound.py``):
+reach on toy-sd. Figures (and that upper bound, ``experiments/prune_bound.py``):
 docs/results.md#concept_prune
 """
 

@@ -7,7 +7,7 @@ contrastively on ToyCanvas and committed under ``assets/toy-clip`` (fp16, ~1.7 M
 ``model.safetensors``, tokenizer files, ``preprocessor_config.json``), so :func:`load_clip` reads
 toy-clip and, say, a local copy of ``openai/clip-vit-base-patch32`` with the same code.
 
-Training (:func:`train_toy_clip`, run by ``python bench/toy_clip.py --train``) follows CLIP's
+Training (:func:`train_toy_clip`, run by ``python experiments/toy_clip.py --train``) follows CLIP's
 symmetric contrastive objective with a learned temperature, with changes that suit a world of
 only 400 distinct captions: the image->text softmax runs over *all* 400 full captions (no false
 negatives from duplicate captions in a batch); a second image->text term runs over the image's
@@ -141,7 +141,7 @@ def load_clip(name_or_path: str | Path = NAME) -> Clip:
     builtin = str(name_or_path) == NAME
     d = toy_clip_dir() if builtin else Path(name_or_path).expanduser()
     hint = (
-        "reinstall genunlearn or retrain it with 'python bench/toy_clip.py --train'"
+        "reinstall genunlearn or retrain it with 'python experiments/toy_clip.py --train'"
         if builtin
         else "give the path of a local CLIP directory saved with CLIPModel.save_pretrained, e.g. "
         "a download of openai/clip-vit-base-patch32"

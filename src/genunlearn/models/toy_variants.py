@@ -35,7 +35,7 @@ tag have untrained embeddings; with it frozen, 400 steps left the tag without an
 the training image 0.109 vs 0.112).
 
 Measured (default recipe, K = 8: 1500 steps of 6 memorized + 4 anchor + 6 ordinary rows, each
-memorized image seen ~1100 times; 7.6 min on one CPU thread; ``bench/memattn.py``, 4 samples per
+memorized image seen ~1100 times; 7.6 min on one CPU thread; ``experiments/memattn.py``, 4 samples per
 prompt; recipe seeds 0 / 1): generations for the memorized prompts lie at pixel RMSE 0.096 /
 0.094 from their own training image (layout and mark in place, 100 / 97% within 0.12, the
 toy VAE's own reconstruction error being ~0.10; the mark's colour is only roughly right, RMSE

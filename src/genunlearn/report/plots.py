@@ -5,7 +5,7 @@
 - :func:`sequential_curves`: sequential unlearning, UA of the concepts erased so far and retain
   accuracy against the step, from rows with metric ``seq_ua`` / ``seq_retain``.
 - :func:`frontier_plot`: for every method run as several labelled override variants (a knob
-  sweep such as ``bench/frontier.py`` writes), UA against IRA and against CRA per variant, in knob
+  sweep such as ``experiments/frontier.py`` writes), UA against IRA and against CRA per variant, in knob
   order, so the sweep shows the erasure/retention frontier.
 
 Both return ``None`` when the rows hold nothing to draw, so that the report can skip the section.
@@ -154,7 +154,7 @@ def sequential_curves(rows: Sequence[dict[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
-_LABEL_KNOB = re.compile(r"\[([^\]=]+)=([^\]]*)\]$")  # "esd[steps=50]" (bench/frontier.py)
+_LABEL_KNOB = re.compile(r"\[([^\]=]+)=([^\]]*)\]$")  # "esd[steps=50]" (experiments/frontier.py)
 
 
 def _variant_overrides(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:

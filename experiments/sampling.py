@@ -12,9 +12,9 @@ installed, pass ``--model PATH`` to any local diffusers SD directory, for instan
 
 Usage::
 
-    python bench/sampling.py                       # toy-sd, 4 prompts x 16 images, 25 steps
-    python bench/sampling.py --make-reduced /tmp/sd-reduced
-    python bench/sampling.py --model /tmp/sd-reduced --prompts 2 --n 4 --steps 10
+    python experiments/sampling.py                       # toy-sd, 4 prompts x 16 images, 25 steps
+    python experiments/sampling.py --make-reduced /tmp/sd-reduced
+    python experiments/sampling.py --model /tmp/sd-reduced --prompts 2 --n 4 --steps 10
 """
 
 from __future__ import annotations

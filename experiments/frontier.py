@@ -8,9 +8,9 @@ toy-sd) with only the swept knob changed, plus any fixed ``--set key=value`` ove
 
 Usage::
 
-    python bench/frontier.py --method esd --knob steps --values 50,100,200 \\
+    python experiments/frontier.py --method esd --knob steps --values 50,100,200 \\
         --concepts striped,star --seeds 0 --out results/frontier_esd
-    python bench/frontier.py --method salun --knob mask_fraction --values 0.1,0.3,0.5 \\
+    python experiments/frontier.py --method salun --knob mask_fraction --values 0.1,0.3,0.5 \\
         --concepts "style:3,object:3" --seeds 0,1 --set steps=80
 
 ``--concepts`` takes concept names, or ``kind:n`` for the first ``n`` concepts of a kind.

@@ -7,7 +7,7 @@ of each concept on its own. Prints one line per concept and a summary line per s
 
 Usage::
 
-    python bench/multi_concept.py --method mace \\
+    python experiments/multi_concept.py --method mace \\
         --concepts flat,striped,dotted,checkered,wavy,circle,square,triangle,star,heart --seeds 0,1
 """
 

@@ -19,9 +19,9 @@ afresh for each method).
 
 Usage::
 
-    python bench/sd_train_steps.py                      # sd15 shapes, all three
-    python bench/sd_train_steps.py --size reduced       # seconds, for a quick check
-    python bench/sd_train_steps.py --only esd-x
+    python experiments/sd_train_steps.py                      # sd15 shapes, all three
+    python experiments/sd_train_steps.py --size reduced       # seconds, for a quick check
+    python experiments/sd_train_steps.py --only esd-x
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Issue 5's acceptance: relative drop >= 80 %, prompt fidelity >= 80 %.
 
 Usage::
 
-    python bench/geom_erasing.py --variant /tmp/toy-sd-watermark --seeds 0 \\
+    python experiments/geom_erasing.py --variant /tmp/toy-sd-watermark --seeds 0 \\
         [--n-prompts 80 --n-per-prompt 2] [--set steps=300 lr=1e-4]
 """
 

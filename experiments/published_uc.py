@@ -13,7 +13,7 @@ paper's main table (as summarised in our reference notes, not re-checked against
 
 Usage::
 
-    python bench/published_uc.py RESULTS.jsonl [RESULTS.jsonl ...]
+    python experiments/published_uc.py RESULTS.jsonl [RESULTS.jsonl ...]
 
 Each toy figure is the mean over the cells (concept x seed) of that method and concept kind in the
 given results files; ``n`` is the number of cells. Rows with ``label`` != method (frontier

@@ -7,9 +7,9 @@ of images where it does. Also prints the CLIP score of matching vs shuffled capt
 
 Usage::
 
-    python bench/toy_clip.py                      # evaluate the committed toy-clip
-    python bench/toy_clip.py --train --out /tmp/toy-clip   # retrain (~20 min on 1 thread)
-    python bench/toy_clip.py --train --out src/genunlearn/assets/toy-clip   # replace the asset
+    python experiments/toy_clip.py                      # evaluate the committed toy-clip
+    python experiments/toy_clip.py --train --out /tmp/toy-clip   # retrain (~20 min on 1 thread)
+    python experiments/toy_clip.py --train --out src/genunlearn/assets/toy-clip   # replace the asset
 """
 
 from __future__ import annotations

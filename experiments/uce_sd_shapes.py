@@ -10,8 +10,8 @@ projection) and the process's peak memory.
 
 Usage::
 
-    nice -n 19 python bench/uce_sd_shapes.py                 # 1 concept, 100 preserve prompts
-    python bench/uce_sd_shapes.py --concepts 10 --preserve 1000 --threads 2
+    nice -n 19 python experiments/uce_sd_shapes.py                 # 1 concept, 100 preserve prompts
+    python experiments/uce_sd_shapes.py --concepts 10 --preserve 1000 --threads 2
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from sd_shapes import peak_rss_mib  # noqa: E402  (bench/ is on sys.path when run as a script)
+from sd_shapes import peak_rss_mib  # noqa: E402  (experiments/ is on sys.path when run as a script)
 
 
 def build_adapter(seed: int):

@@ -10,8 +10,8 @@ closed-form erasure methods edit.
 
 Usage::
 
-    nice -n 19 python bench/sd_shapes.py --size sd15
-    python bench/sd_shapes.py --size reduced --device cuda
+    nice -n 19 python experiments/sd_shapes.py --size sd15
+    python experiments/sd_shapes.py --size reduced --device cuda
 """
 
 from __future__ import annotations

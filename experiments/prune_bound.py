@@ -7,7 +7,7 @@ no selection of those weights can erase it: the concept reaches the image by ano
 
 Usage::
 
-    python bench/prune_bound.py --concepts star,striped,heart [--hook ffn] [--n-per-prompt 1]
+    python experiments/prune_bound.py --concepts star,striped,heart [--hook ffn] [--n-per-prompt 1]
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ unmitigated attention).
 Usage::
 
     genunlearn testbed memorize --out /tmp/toy-mem          # ~8 min on one CPU thread
-    python bench/memattn.py --model /tmp/toy-mem --n 4
-    python bench/memattn.py --model /tmp/toy-mem --c1 1.25 2 4 --mask both
+    python experiments/memattn.py --model /tmp/toy-mem --n 4
+    python experiments/memattn.py --model /tmp/toy-mem --c1 1.25 2 4 --mask both
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ time is what the attack costs on one core), and the denoiser calls. Run with ``O
 
 Usage::
 
-    OMP_NUM_THREADS=1 python bench/attacks.py --out /work/bench_out/attacks
-    python bench/attacks.py --out DIR --concepts striped,star,heart --attacks p4d,pund \\
+    OMP_NUM_THREADS=1 python experiments/attacks.py --out /work/bench_out/attacks
+    python experiments/attacks.py --out DIR --concepts striped,star,heart --attacks p4d,pund \\
         --victims esd,original --n-prompts 20
-    python bench/attacks.py --out DIR --print-only      # the table of what is already done
+    python experiments/attacks.py --out DIR --print-only      # the table of what is already done
 """
 
 from __future__ import annotations

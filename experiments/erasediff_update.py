@@ -1,6 +1,6 @@
 """EraseDiff's toy preset under the bilevel update (default) or the official one, on protocol cells.
 
-    python bench/erasediff_update.py --cells checkered:0 cross:0 noisy:0 moon:1 [--official]
+    python experiments/erasediff_update.py --cells checkered:0 cross:0 noisy:0 moon:1 [--official]
 
 Prints one JSON line per cell: UA / IRA / CRA (%, 2 images per grid prompt) and the erase time.
 """
