@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from genunlearn import registry, runs
-from genunlearn.config import build_config, config_to_dict, load_yaml
+from genunlearn.config import build_config, config_to_dict, is_seed, load_yaml
 from genunlearn.models import load_model
 from genunlearn.types import AttackResult, ErasureResult, ErasureTask, GenUnlearnError, Needs
 
@@ -135,7 +135,7 @@ def _warn_unknown_text(model, text: str) -> None:
 
 def check_seed(seed, name: str = "seed") -> int:
     """``seed`` as an int in 0 .. 2**63 - 1 (what torch generators accept), else a clear error."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+    if not is_seed(seed):
         raise GenUnlearnError(f"{name} must be an integer in 0 .. 2**63-1, got {seed!r}")
     return seed
 

@@ -47,6 +47,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+#: the largest seed genunlearn accepts (torch generators take 64-bit seeds; signed keeps it safe)
+MAX_SEED = 2**63 - 1
+
+
+def is_seed(value: Any, room: int = 0) -> bool:
+    """True for an int (not a bool) in 0 .. MAX_SEED - ``room`` (``room``: how many seeds follow
+    it, e.g. image i of a call uses ``seed + i``)."""
+    ok_type = isinstance(value, int) and not isinstance(value, bool)
+    return ok_type and 0 <= value <= MAX_SEED - room
+
+
 def _yaml_problem(e) -> str:
     """A YAML error as one line: the problem and where it is (line, column)."""
     problem = getattr(e, "problem", None) or str(e).splitlines()[0]
@@ -167,7 +178,7 @@ def _check_range(name: str, value: Any, where: str) -> Any:
     is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
     if (name == "lr" or name.endswith("_lr")) and is_num and value <= 0:
         raise GenUnlearnError(f"{where}: {name} must be a finite number > 0, got {value!r}")
-    if (name == "seed" or name.endswith("_seed")) and is_int and not 0 <= value < 2**63:
+    if (name == "seed" or name.endswith("_seed")) and is_int and not is_seed(value):
         raise GenUnlearnError(f"{where}: {name} must be an integer in 0 .. 2**63-1, got {value!r}")
     if name in ("n_per_prompt", "n_prompts", "n_images") and is_int and value < 1:
         raise GenUnlearnError(f"{where}: {name} must be an integer >= 1, got {value!r}")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from genunlearn.models.base import tensors_digest
 from genunlearn.types import ErasureResult, ErasureTask, GenUnlearnError
 
 CONFIG = "config.json"
@@ -101,18 +102,6 @@ def file_digest(path: Path) -> str:
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             h.update(chunk)
-    return h.hexdigest()
-
-
-def tensors_digest(tensors: dict[str, Any]) -> str:
-    """sha256 over tensors' names, dtypes, shapes and bytes (stored in an artifact's metadata)."""
-    import torch
-
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        t = tensors[k].detach().contiguous().cpu()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

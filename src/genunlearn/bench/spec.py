@@ -38,13 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genunlearn.config import MAX_SEED, is_seed
 from genunlearn.types import GenUnlearnError
 
 KEYS = {
     "name", "models", "methods", "concepts", "seeds", "attacks", "eval", "attack_config",
     "sequential",
 }  # fmt: skip
-MAX_SEED = 2**63 - 1
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 # longest kept part of an id; with the separators and a 19-digit seed an id stays far below the
 # 255-byte file-name limit of common filesystems
@@ -173,7 +173,7 @@ def _seeds(value) -> list[int]:
     seeds = [0] if value is None or value == [] else value
     seeds = seeds if isinstance(seeds, list) else [seeds]
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+        if not is_seed(s):
             raise GenUnlearnError(
                 f"benchmark spec: 'seeds' must be integers in 0 .. 2**63-1 ({MAX_SEED}), got {s!r}"
             )

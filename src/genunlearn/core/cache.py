@@ -35,35 +35,53 @@ def _key(model, weights: str, prompt: str, seed: int, steps, guidance) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def read_entry(f: Path, valid) -> object | None:
+    """The cache entry in ``f``, or None when it is missing or damaged in any way (unreadable, not
+    plain tensors, or refused by ``valid(obj)``): the caller then recomputes it."""
+    if not f.is_file():
+        return None
+    try:
+        obj = torch.load(f, weights_only=True)
+        return obj if valid(obj) else None
+    except Exception:  # noqa: BLE001 - any damage at all: the entry is recomputed
+        return None
+
+
+def write_entry(obj, f: Path) -> None:
+    """Write a cache entry atomically (a private temporary file, then a rename), so a reader or a
+    concurrent writer never sees half a file."""
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, f)
+
+
 def cached_sample(model, prompts: list[str], n: int, seed: int = 0, steps=None, guidance=None):
     """``model.sample(prompts, n, ...)`` through the cache (same images, same order)."""
     d = cache_dir()
     weights = model.weights_fingerprint()
+
+    def valid(t) -> bool:
+        return (
+            torch.is_tensor(t)
+            and t.dim() == 4
+            and tuple(t.shape[:2]) == (n, 3)
+            and bool(torch.isfinite(t).all())
+        )
+
+    def entry(p: str) -> Path:
+        return d / f"{_key(model, weights, p, seed, steps, guidance)}_{n}.pt"
+
     out, missing = {}, []
     for p in dict.fromkeys(prompts):
-        f = d / f"{_key(model, weights, p, seed, steps, guidance)}_{n}.pt"
-        if f.is_file():
-            try:
-                t = torch.load(f, weights_only=True)
-                ok = (
-                    torch.is_tensor(t)
-                    and t.dim() == 4
-                    and tuple(t.shape[:2]) == (n, 3)
-                    and bool(torch.isfinite(t).all())
-                )
-            except Exception:  # noqa: BLE001 - any damage at all: regenerate the entry
-                ok = False
-            if ok:
-                out[p] = t
-                continue
-        missing.append(p)
+        hit = read_entry(entry(p), valid)
+        if hit is None:
+            missing.append(p)
+        else:
+            out[p] = hit
     if missing:
         imgs = model.sample(missing, n=n, seed=seed, steps=steps, guidance=guidance)
-        d.mkdir(parents=True, exist_ok=True)
         for i, p in enumerate(missing):
             out[p] = imgs[i * n : (i + 1) * n].clone()
-            f = d / f"{_key(model, weights, p, seed, steps, guidance)}_{n}.pt"
-            tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")  # concurrent runs never collide
-            torch.save(out[p], tmp)
-            os.replace(tmp, f)
+            write_entry(out[p], entry(p))
     return torch.cat([out[p] for p in prompts])

@@ -46,12 +46,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 
 import torch
 
-from genunlearn.core.cache import cache_dir
+from genunlearn.core.cache import cache_dir, read_entry, write_entry
 from genunlearn.core.concept_sets import caption_sets, denoising_loss, draw, generate_latents
 from genunlearn.core.concept_sets import recaption as _recaption
 from genunlearn.core.finetune import finetune
@@ -162,26 +161,24 @@ def cached_fisher(model, params, data, cfg: SelectiveAmnesiaConfig) -> dict[str,
     }
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
     f = cache_dir() / f"fisher_{key}.pt"
-    if f.is_file():
-        try:
-            hit = torch.load(f, weights_only=True)
-            if isinstance(hit, dict) and set(hit) == set(params):
-                if all(
-                    torch.is_tensor(hit[n])
-                    and hit[n].shape == p.shape
-                    and torch.isfinite(hit[n]).all()
-                    for n, p in params.items()
-                ):
-                    return hit
-        except Exception:  # noqa: BLE001 - any damage at all: the entry is recomputed
-            pass
+
+    def valid(hit) -> bool:
+        return (
+            isinstance(hit, dict)
+            and set(hit) == set(params)
+            and all(
+                torch.is_tensor(hit[n]) and hit[n].shape == p.shape and torch.isfinite(hit[n]).all()
+                for n, p in params.items()
+            )
+        )
+
+    hit = read_entry(f, valid)
+    if hit is not None:
+        return hit
     fisher = diagonal_fisher(
         model, params, data, cfg.n_fisher_samples, cfg.fisher_timesteps, cfg.fisher_chunk
     )
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")  # concurrent runs never collide
-    torch.save(fisher, tmp)
-    os.replace(tmp, f)
+    write_entry(fisher, f)
     return fisher
 
 

@@ -6,12 +6,30 @@ the adapters; code above ``models/`` talks to this protocol.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from genunlearn.types import Capability
+
+
+def update_digest(h: hashlib._Hash, name: str, t: torch.Tensor) -> None:
+    """Feed one named tensor (name, dtype, shape, raw bytes) into a running hash."""
+    t = t.detach().contiguous().cpu()
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.numel():
+        h.update(t.view(-1).view(torch.uint8).numpy().data)
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over named tensors in name order: equal exactly when names, dtypes, shapes and
+    bytes are (run artifacts store it; adapters fingerprint their weights with the same bytes)."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        update_digest(h, k, tensors[k])
+    return h.hexdigest()
 
 
 @runtime_checkable

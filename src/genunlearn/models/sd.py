@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from genunlearn.config import is_seed
+from genunlearn.models.base import update_digest
 from genunlearn.types import Capability, GenUnlearnError
 
 REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -55,9 +57,15 @@ def check_directory(path: Path) -> None:
             )
 
 
+def _finite_number(v) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite."""
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def check_sampling(prompts: list, n, steps, guidance, seed) -> None:
     """Clear errors for sampling arguments that would give meaningless images."""
-    import math
 
     def is_int(v):
         return isinstance(v, int) and not isinstance(v, bool)
@@ -68,25 +76,20 @@ def check_sampling(prompts: list, n, steps, guidance, seed) -> None:
         raise GenUnlearnError(f"n (images per prompt) must be an integer >= 1, got {n!r}")
     if not is_int(steps) or steps < 1:
         raise GenUnlearnError(f"steps must be an integer >= 1, got {steps!r}")
-    if (
-        isinstance(guidance, bool)
-        or not isinstance(guidance, (int, float))
-        or not math.isfinite(guidance)
-    ):
+    if not _finite_number(guidance):
         raise GenUnlearnError(f"guidance must be a finite number, got {guidance!r}")
-    if not is_int(seed) or not 0 <= seed < 2**63 - n:
+    if not is_seed(seed, room=n):
         raise GenUnlearnError(f"seed must be an integer in 0 .. 2**63-1-n, got {seed!r}")
 
 
 def _check_memattn_state(m) -> None:
     """MemAttn's inference state: ``{"c1": finite number, "mask": bool, "mask_eos": bool}``."""
-    import math
 
     want = "a mapping with c1 (a finite number), mask and mask_eos (true/false)"
     if not isinstance(m, dict) or set(m) - {"c1", "mask", "mask_eos"}:
         raise GenUnlearnError(f"inference state memattn must be {want}, got {m!r}")
     c1 = m.get("c1", 1.25)
-    if isinstance(c1, bool) or not isinstance(c1, (int, float)) or not math.isfinite(c1):
+    if not _finite_number(c1):
         raise GenUnlearnError(f"inference state memattn must be {want}, got c1={c1!r}")
     if any(not isinstance(m.get(k, False), bool) for k in ("mask", "mask_eos")):
         raise GenUnlearnError(f"inference state memattn must be {want}, got {m!r}")
@@ -250,27 +253,20 @@ class SDAdapter:
         from genunlearn.models.addons import attached
 
         h = hashlib.sha256()
-
-        def put(name: str, t: torch.Tensor) -> None:
-            t = t.detach().contiguous().cpu()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            if t.numel():
-                h.update(t.view(-1).view(torch.uint8).numpy().data)
-
         for n, p in self.named_parameters():
-            put(n, p)
+            update_digest(h, n, p)
         for i, addon in enumerate(attached(self)):
             h.update(
                 f"addon{i}|{addon.kind}|{json.dumps(addon.meta, sort_keys=True, default=str)}".encode()
             )
             for k in sorted(addon.tensors):
-                put(f"addon{i}.{k}", addon.tensors[k])
+                update_digest(h, f"addon{i}.{k}", addon.tensors[k])
         h.update(json.dumps(self.inference, sort_keys=True, default=str).encode())
         for i, f in enumerate(self.output_filters):  # their settings and fixed tensors
             h.update(f"filter{i}|{type(f).__name__}".encode())
             for k, v in sorted(getattr(f, "__dict__", {}).items()):
                 if torch.is_tensor(v):
-                    put(f"filter{i}.{k}", v)
+                    update_digest(h, f"filter{i}.{k}", v)
                 elif isinstance(v, (str, int, float, list, tuple)):
                     h.update(f"{k}={v!r}".encode())
         return h.hexdigest()
