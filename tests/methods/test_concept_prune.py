@@ -85,10 +85,9 @@ def test_base_prompts_are_the_captions_without_the_concept(tiny_model, target, d
 
 def test_the_base_prompt_of_a_one_attribute_world_is_the_empty_prompt():
     from genunlearn.data.world import World
-    from genunlearn.methods.concept_prune import caption_without
 
     world = World("pets", {"class": ("cat", "dog")}, "a photo of a {class}")
-    assert caption_without(world, {"class": "cat"}, ["class"]) == ""
+    assert world.caption_without({"class": "cat"}, ["class"]) == ""
 
 
 def test_erase_scores_the_target_prompts_against_the_base_prompts(tiny_model, monkeypatch):

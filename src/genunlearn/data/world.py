@@ -118,6 +118,48 @@ class World:
     def caption(self, labels: dict[str, str]) -> str:
         return self.template.format(**labels)
 
+    def generic_noun(self, kind: str) -> str | None:
+        """The word the world's prompts use in place of a concept of ``kind`` when they leave it
+        out ("shape" in ToyCanvas' "a shape in striped style"), read off the world's phrases: a
+        word of every other kind's phrase that is in neither the template nor ``kind``'s phrase."""
+        phrases = self.phrases or {}
+        if kind not in phrases or len(phrases) < 2:
+            return None
+        words = set(self.template.split()) | set(phrases[kind].split())
+        extra = [set(p.split()) - words for k, p in phrases.items() if k != kind]
+        common = set.intersection(*extra) if extra else set()
+        return sorted(common)[0] if len(common) == 1 else None
+
+    def caption_without(self, labels: dict[str, str], kinds: list[str]) -> str:
+        """The caption of ``labels`` with its concepts of ``kinds`` left out ("a red star in
+        striped style" without the style: "a red star"; ConceptPrune's base prompts).
+
+        A field goes with the words the template attaches to it: a connective after an earlier
+        field ("in") and a suffix after the last field ("style"). Where the world's phrases name
+        a generic noun for a missing concept of that kind (an object), it takes the field's
+        place. A caption left with no concept at all is the empty prompt.
+        """
+
+        def is_field(w: str) -> bool:
+            return w.startswith("{") and w.endswith("}")
+
+        words = self.template.split()
+        # right to left, so that a generic noun put in is never taken for a later field's words
+        for kind in sorted(kinds, key=lambda k: -words.index("{" + k + "}")):
+            i = words.index("{" + kind + "}")
+            lo, hi = i, i + 1
+            while lo > 0 and not is_field(words[lo - 1]):
+                lo -= 1
+            while hi < len(words) and not is_field(words[hi]):
+                hi += 1
+            start = lo if lo > 0 else i  # words before the first field (an article) stay
+            end = hi if hi == len(words) else i + 1  # words before a later field belong to it
+            noun = self.generic_noun(kind)
+            words = words[:start] + ([noun] if noun else []) + words[end:]
+        if not any(is_field(w) for w in words):
+            return ""
+        return " ".join(words).format(**{k: v for k, v in labels.items() if k not in kinds})
+
     def grid(self) -> list[dict[str, str]]:
         """One label set per prompt of the evaluation grid.
 

@@ -104,49 +104,6 @@ def pruned_layers(model, hook_module: str = "ffn") -> dict[str, torch.nn.Linear]
     }
 
 
-def _generic_noun(world, kind: str) -> str | None:
-    """The word the world's prompts use in place of a concept of ``kind`` when they leave it out
-    ("shape" in ToyCanvas' "a shape in striped style"), read off the world's phrases: a word of
-    every other kind's phrase that is in neither the caption template nor ``kind``'s phrase."""
-    phrases = world.phrases or {}
-    if kind not in phrases or len(phrases) < 2:
-        return None
-    words = set(world.template.split()) | set(phrases[kind].split())
-    extra = [set(p.split()) - words for k, p in phrases.items() if k != kind]
-    common = set.intersection(*extra) if extra else set()
-    return sorted(common)[0] if len(common) == 1 else None
-
-
-def caption_without(world, labels: dict[str, str], kinds: list[str]) -> str:
-    """The caption of ``labels`` with its concepts of ``kinds`` left out (ConceptPrune's base).
-
-    A field goes with the words the template attaches to it: a connective after an earlier field
-    ("in") and a suffix after the last field ("style"). Where the world's phrases name a generic
-    noun for a missing concept of that kind (an object), it takes the field's place. A caption
-    left with no concept at all is the empty prompt.
-    """
-
-    def is_field(w: str) -> bool:
-        return w.startswith("{") and w.endswith("}")
-
-    words = world.template.split()
-    # right to left, so that a generic noun put in is never taken for a later field's words
-    for kind in sorted(kinds, key=lambda k: -words.index("{" + k + "}")):
-        i = words.index("{" + kind + "}")
-        lo, hi = i, i + 1
-        while lo > 0 and not is_field(words[lo - 1]):
-            lo -= 1
-        while hi < len(words) and not is_field(words[hi]):
-            hi += 1
-        start = lo if lo > 0 else i  # words before the first field (an article) stay
-        end = hi if hi == len(words) else i + 1  # words before a later field belong to it
-        noun = _generic_noun(world, kind)
-        words = words[:start] + ([noun] if noun else []) + words[end:]
-    if not any(is_field(w) for w in words):
-        return ""
-    return " ".join(words).format(**{k: v for k, v in labels.items() if k not in kinds})
-
-
 def paired_prompts(model, task, cfg: ConceptPruneConfig) -> tuple[list[str], list[str]]:
     """(target prompts, base prompts), paired one to one."""
     if cfg.target_prompts is not None or cfg.base_prompts is not None:
@@ -163,7 +120,7 @@ def paired_prompts(model, task, cfg: ConceptPruneConfig) -> tuple[list[str], lis
     has, _ = world.split(list(task.targets))
     targets = [world.caption(lab) for lab in has]
     bases = [
-        caption_without(world, lab, [k for k, v in lab.items() if v in task.targets]) for lab in has
+        world.caption_without(lab, [k for k, v in lab.items() if v in task.targets]) for lab in has
     ]
     return targets, bases
 
