@@ -19,8 +19,7 @@ from typing import Any
 
 MISSING = "–"
 KIND_ORDER = ("style", "object", "colour")
-KIND_METRICS = ("ua", "ira", "cra")
-RATE_METRICS = ("ua", "ira", "cra")  # rates shown with their image count and 95% interval
+KIND_METRICS = ("ua", "ira", "cra")  # also the rates shown with their count and 95% interval
 UNDEFINED = "n/d"  # a rate the world cannot define (CRA of a one-attribute world)
 ID_COLUMNS = ("name", "model", "method", "label", "n_cells", "n_failed")
 
@@ -138,7 +137,7 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for base, (metric, scale, _, _) in SUMMARY_METRICS.items():
             vals = [r["value"] * scale for r in mine if r.get("metric") == metric]
             row[f"{base}_mean"], row[f"{base}_std"] = mean_std(vals)
-        for m in RATE_METRICS:
+        for m in KIND_METRICS:
             row[f"{m}_n"], ci = pooled_rate(mine, m)
             row[f"{m}_ci_low"], row[f"{m}_ci_high"] = ci or (None, None)
             # a rate a cell's world cannot define (CRA of a one-attribute world) is absent from
