@@ -33,7 +33,7 @@ def main() -> None:
     import torch
 
     import genunlearn as gu
-    from genunlearn.models.toy_watermark import WatermarkRecipe, train_watermark_variant
+    from genunlearn.testbed.watermark import WatermarkRecipe, train_watermark_variant
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", default="runs/toy-sd-watermark", help="variant directory")

@@ -100,15 +100,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import genunlearn as gu
+    from genunlearn.data.memorized import control_prompts, memorization_record, memorized_pairs
     from genunlearn.data.toycanvas import grid_prompts
     from genunlearn.methods.memattn import MemAttnConfig, attention_trajectory
     from genunlearn.methods.memattn import scores_from_trajectory as scores
-    from genunlearn.models.toy_variants import (
-        control_prompts,
-        memorization_record,
-        memorized_pairs,
-        train_memorizing,
-    )
+    from genunlearn.testbed.memorize import train_memorizing
 
     if args.make:
         t0 = time.time()

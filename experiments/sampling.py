@@ -8,7 +8,7 @@ side pays for PIL conversion.
 
 The default model is the built-in ``toy-sd`` (8x8 latents, 32x32 images). If its weights are not
 installed, pass ``--model PATH`` to any local diffusers SD directory, for instance one written by
-``genunlearn.models.sd_configs.save_random_pipeline`` (``--make-reduced PATH`` writes one).
+``genunlearn.testbed.sd_configs.save_random_pipeline`` (``--make-reduced PATH`` writes one).
 
 Usage::
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model = args.model
     if args.make_reduced:
-        from genunlearn.models.sd_configs import save_random_pipeline
+        from genunlearn.testbed.sd_configs import save_random_pipeline
 
         model = str(save_random_pipeline(args.make_reduced, "reduced", seed=args.seed))
     adapter = load(model)

@@ -1,6 +1,6 @@
 """Build SD-1.5's UNet and text encoder from configs (random weights) and time one pass of each.
 
-Nothing is downloaded: the components come from ``genunlearn.models.sd_configs`` (the public
+Nothing is downloaded: the components come from ``genunlearn.testbed.sd_configs`` (the public
 SD-1.5 config values) and the tokenizer is the offline one of ``build_tokenizer``. The script
 encodes one prompt, runs one UNet denoiser pass on a batch-1 64x64x4 latent under
 ``torch.no_grad`` and prints parameter counts, seconds per pass and peak memory (process peak RSS
@@ -48,7 +48,7 @@ def sync(device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from genunlearn.models.sd_configs import (
+    from genunlearn.testbed.sd_configs import (
         build_text_encoder,
         build_tokenizer_for,
         build_unet,

@@ -37,13 +37,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from genunlearn.models.toy_clip import (
-        ClipRecipe,
-        caption_rank_accuracy,
-        load_clip,
-        toy_clip_dir,
-        train_toy_clip,
-    )
+    from genunlearn.models.clip import load_clip, toy_clip_dir
+    from genunlearn.testbed.toy_clip import ClipRecipe, caption_rank_accuracy, train_toy_clip
 
     target = args.clip
     if args.train:

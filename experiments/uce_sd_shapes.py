@@ -1,7 +1,7 @@
 """Time the UCE closed-form edit on SD-1.5's full-size UNet and text encoder (random weights).
 
 Nothing is downloaded: the UNet and CLIP text encoder are built from SD-1.5's public configs by
-``genunlearn.models.sd_configs`` with random weights, the tokenizer is the offline one, and a
+``genunlearn.testbed.sd_configs`` with random weights, the tokenizer is the offline one, and a
 reduced VAE stands in for SD's (UCE never touches it). The model is wrapped in the library's
 ``SDAdapter`` and the registered ``uce`` method edits it **in place** (``gu.erase`` would first
 copy the 4 GB of weights, which is not part of the edit). The script prints the seconds of the
@@ -32,7 +32,7 @@ def build_adapter(seed: int):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
 
     from genunlearn.models.sd import SDAdapter
-    from genunlearn.models.sd_configs import (
+    from genunlearn.testbed.sd_configs import (
         build_text_encoder,
         build_tokenizer_for,
         build_unet,

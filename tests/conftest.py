@@ -1,13 +1,13 @@
-"""Shared fixtures: a tiny trained-from-scratch testbed (seconds) used by contract and pipeline tests.
+"""Shared fixtures: a tiny random-weight testbed (seconds) used by contract and pipeline tests.
 
-The tiny testbed goes through the real recipe (render -> evaluator -> VAE -> UNet -> export) with
-shrunk step counts, so it has the same structure as toy-sd (world.json, evaluator, tokenizer) but
-random-quality weights; tests on it check mechanics, never quality.
+The tiny testbed (``testbed.tiny.build_random_testbed``) has toy-sd's structure (diffusers
+pipeline with SD's module names, tokenizer, world.json with 2 sampling steps, evaluator) and
+random weights; tests on it check mechanics, never quality. The real training recipe is covered
+end to end by tests/pipeline/test_testbed_recipe.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
@@ -22,19 +22,11 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_testbed(tmp_path_factory):
-    """Path of a tiny toy pipeline directory (ToyCanvas world, evaluator inside)."""
-    from genunlearn.models.toy import TrainRecipe, train_testbed
+    """Path of a tiny toy pipeline directory (ToyCanvas world, evaluator inside, 2-step sampling
+    for every test that loads it by path: CLI, bench)."""
+    from genunlearn.testbed.tiny import build_random_testbed
 
-    out = tmp_path_factory.mktemp("tiny_testbed")
-    recipe = TrainRecipe(
-        n_images=300, evaluator_steps=20, vae_steps=4, unet_steps=4, checkpoint_every=2
-    )
-    path = train_testbed(out, recipe, progress=False)
-    # fast sampling for every test that loads the tiny testbed by path (CLI, bench)
-    world = json.loads((path / "world.json").read_text())
-    world["sampling"] = {"steps": 2, "guidance": 3.0}
-    (path / "world.json").write_text(json.dumps(world))
-    return path
+    return build_random_testbed(tmp_path_factory.mktemp("tiny_testbed") / "toy", seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import torch  # noqa: E402
 
 import genunlearn  # noqa: E402
 from genunlearn.models.sd import SDAdapter  # noqa: E402
-from genunlearn.models.sd_configs import (  # noqa: E402
+from genunlearn.testbed.sd_configs import (  # noqa: E402
     build_random_pipeline,
     save_random_pipeline,
     text_encoder_config,

@@ -17,7 +17,6 @@ __all__ = [
     "Run",
     "attack",
     "erase",
-    "erase_sequence",
     "evaluate",
     "list_attacks",
     "list_concepts",
@@ -26,7 +25,6 @@ __all__ = [
     "load_evaluator",
     "load_model",
     "load_run",
-    "run_benchmark",
 ]
 
 
@@ -49,7 +47,7 @@ def list_concepts(kind: str | None = None, model=None) -> list[str]:
     """Concept names of a model's world (default: ToyCanvas); ``kind`` filters by kind."""
     from genunlearn.data.world import World
 
-    world = World.toycanvas() if model is None else _world(model)
+    world = World.toycanvas() if model is None else world_of(model)
     return [c.name for c in world.concepts(kind)]
 
 
@@ -63,7 +61,12 @@ def _as_model(model):
     return load_model(model) if isinstance(model, (str, Path)) else model
 
 
-def _world(model):
+def world_of(model):
+    """The labelled world of ``model`` (an adapter, or a name or path to load).
+
+    Raises:
+        GenUnlearnError: the model has no world (e.g. a real Stable Diffusion checkpoint).
+    """
     m = _as_model(model)
     if m.world is None:
         raise GenUnlearnError(f"model {m.model_id} has no labelled world")
@@ -196,6 +199,68 @@ class Run:
     path: Path | None = None
     record: dict[str, Any] | None = None
 
+    @classmethod
+    def load(cls, path: str | Path, model=None, *, device=None, dtype=None) -> Run:
+        """A finished run directory as a :class:`Run`, its model rebuilt by :func:`load_run`.
+
+        The changed tensors are read from the artifact a second time (``load_run`` reads them
+        once to apply them), so ``result.changed`` holds the saved values.
+
+        Args:
+            path: a complete run directory written by :func:`erase`.
+            model: its base model, if already loaded; else ``device`` / ``dtype`` load it.
+        """
+        rec = runs.read_record(path)
+        erased = load_run(path, model, device=device, dtype=dtype)
+        sha = rec.get("sha256") or {}
+        changed = runs.load_artifact(path, erased.base_hash, sha.get(runs.ARTIFACT))
+        addon = None
+        if rec.get("addon"):
+            addon = runs.load_addon(path, erased.base_hash, sha.get(runs.ADDON))
+        result = ErasureResult(
+            changed, dict(rec.get("inference") or {}), dict(rec.get("info") or {}), addon
+        )
+        task = ErasureTask.from_dict(rec["task"])
+        eff = dict(rec.get("efficiency") or {})
+        return cls(erased, rec["method"], task, rec["config"], result, eff, Path(path), rec)
+
+    def export(
+        self,
+        out_dir: str | Path,
+        *,
+        part: str = "pipeline",
+        overwrite: bool = False,
+        allow_inference: bool = False,
+    ) -> Path:
+        """Write the erased model as plain diffusers files that load without genunlearn.
+
+        ``part="pipeline"``: a ``save_pretrained`` directory for
+        ``diffusers.StableDiffusionPipeline.from_pretrained`` (no world, no evaluator);
+        ``"unet"`` / ``"text_encoder"``: one ``.safetensors`` file of that component's full
+        state dict. Weights are in the model's dtype. A run that acts at inference time (a
+        negative prompt, sampling wrappers, output filters, add-ons) is refused, naming each
+        part, unless ``allow_inference``: then the weights alone are written and the parts
+        left out are listed beside them (see :func:`genunlearn.models.export.export_pipeline`).
+
+        Args:
+            out_dir: the pipeline directory, or the ``.safetensors`` file of a component.
+            part: "pipeline", "unet" or "text_encoder".
+            overwrite: replace an earlier genunlearn export there (never other files).
+            allow_inference: write the weights even though inference-time parts are left out.
+
+        Returns:
+            The directory or file written.
+        """
+        from genunlearn.models.export import export_pipeline
+
+        source = {"method": self.method, "task": self.task.to_dict()}
+        if self.path is not None:
+            source["run"] = str(self.path)
+        return export_pipeline(
+            self.model, out_dir, overwrite=overwrite, part=part,
+            allow_inference=allow_inference, changed=list(self.result.changed), source=source,
+        )  # fmt: skip
+
 
 def erase(
     model,
@@ -212,6 +277,10 @@ def erase(
 ) -> Run:
     """Erase ``task`` from a copy of ``model`` with ``method``; ``model`` itself is unchanged.
 
+    The copy shares the weights the method does not change with ``model`` (one UNet in memory,
+    see ``SDAdapter.copy(share=True)``): ``run.model`` is safe to sample, evaluate, attack and
+    erase again, but write its weights in place only through ``run.model.copy()``.
+
     Args:
         model: an adapter from :func:`load_model`, or a name/path to load.
         method: registry name (see :func:`list_methods`).
@@ -225,6 +294,7 @@ def erase(
         **overrides: config values (applied last).
     """
     from genunlearn.core.efficiency import measure
+    from genunlearn.core.finetune import training_options
 
     entry = registry.get("method", method)
     model = _as_model(model)
@@ -234,9 +304,11 @@ def erase(
     _check_requires(entry, model)
     check_seed(seed)
     d = runs.prepare_dir(out_dir, overwrite) if out_dir is not None else None
-    work = model.copy()
+    work = model.copy(share=True)  # no second copy of the weights (see SDAdapter.copy)
     torch.manual_seed(seed)
-    with measure() as eff:
+    memory = getattr(model, "memory", {})
+    opts = training_options(memory.get("optimizer_8bit", False), getattr(model, "dtype", None))
+    with measure() as eff, opts as trained:
         try:
             result = entry.fn(work, task, cfg)
             if not isinstance(result, ErasureResult):
@@ -259,7 +331,12 @@ def erase(
         if d is not None:
             runs.mark_failed(d, f"{type(e).__name__}: {e}")
         raise
-    run = Run(work, method, task, config_to_dict(cfg), result, dict(eff))
+    eff = dict(eff)
+    if trained:  # the training loops' own time, without set-up (anchor images, teachers)
+        steps = sum(n for n, _ in trained)
+        eff["train_steps"] = steps
+        eff["seconds_per_step"] = sum(t for _, t in trained) / steps if steps else None
+    run = Run(work, method, task, config_to_dict(cfg), result, eff)
     if d is not None:
         run.record = runs.write_run(
             d, method=method, preset=preset, config=run.config, task=task, seed=seed,
@@ -295,7 +372,7 @@ def _write_samples(model, task: ErasureTask, d: Path) -> None:
     save_grid(model.sample(prompts, n=2, seed=0), d / "samples.png", nrow=4)
 
 
-def load_run(path: str | Path | list, model=None):
+def load_run(path: str | Path | list, model=None, *, device=None, dtype=None):
     """The erased model of a run directory: its base model with the saved artifact applied.
 
     Add-on runs (methods that attach a detachable module instead of changing weights, e.g.
@@ -307,12 +384,19 @@ def load_run(path: str | Path | list, model=None):
     Args:
         path: a complete run directory written by :func:`erase`, or a list of them.
         model: the base model, if already loaded (must have the runs' base hash).
+        device: where to load the base model when ``model`` is None (default: the first GPU,
+            else the CPU).
+        dtype: its weights' dtype when ``model`` is None (default: the dtype the run was made
+            in, float32 for runs that do not record one).
     """
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     if not paths:
         raise GenUnlearnError("load_run needs at least one run directory")
     recs = [runs.read_record(p) for p in paths]
-    base = model if model is not None else load_model(recs[0]["base_model"])
+    if model is None:
+        dtype = dtype or recs[0].get("dtype")
+        model = load_model(recs[0]["base_model"], device=device, dtype=dtype)
+    base = model
     for p, rec in zip(paths, recs, strict=True):
         if base.base_hash != rec["base_hash"]:
             raise GenUnlearnError(
@@ -329,14 +413,34 @@ def load_run(path: str | Path | list, model=None):
     for p, rec in zip(paths, recs, strict=True):
         sha = rec.get("sha256") or {}
         out.apply_delta(runs.load_artifact(p, base.base_hash, sha.get(runs.ARTIFACT)))
-        out.apply_inference(rec.get("inference") or {})
-    for p, rec in zip(paths, recs, strict=True):
-        if rec.get("addon"):
-            from genunlearn.models.addons import attach
-
-            sha = rec.get("sha256") or {}
-            attach(out, runs.load_addon(p, base.base_hash, sha.get(runs.ADDON)))
+    for p, rec in zip(paths, recs, strict=True):  # inference-time parts, by their method's hook
+        sha = rec.get("sha256") or {}
+        addon = (
+            runs.load_addon(p, base.base_hash, sha.get(runs.ADDON)) if rec.get("addon") else None
+        )
+        install(out, rec["method"], rec.get("inference") or {}, addon)
     return out
+
+
+def install(model, method: str, inference: dict, addon=None) -> None:
+    """Put a run's inference-time state and add-on on ``model`` in place, with the method's own
+    ``install`` hook (see :func:`genunlearn.registry.register_method`)."""
+    entry = registry.get("method", method)
+    if entry.install is not None:
+        entry.install(model, inference, addon)
+        return
+    if addon is not None:
+        raise GenUnlearnError(
+            f"the run carries an add-on of kind {addon.kind!r}, but method {method!r} registers "
+            "no install hook to put it on a model"
+        )
+    other = sorted(set(inference) - {"negative_prompt"})
+    if other:  # nothing would read them: without a hook only the sampler's own key has meaning
+        raise GenUnlearnError(
+            f"the run's inference state has {other}, but method {method!r} registers no install "
+            "hook; without one the state may only hold negative_prompt"
+        )
+    model.apply_inference(inference)
 
 
 def evaluate(
@@ -362,21 +466,3 @@ def attack(
     _check_requires(entry, model)
     torch.manual_seed(getattr(cfg, "seed", 0))
     return entry.fn(model, task, cfg, original=original)
-
-
-def run_benchmark(spec, out_dir: str | Path = "results", *, ray: str | bool | None = None, **kw):
-    """Run a benchmark grid (YAML path or dict) into ``out_dir``; returns the results path."""
-    from genunlearn.bench.runner import run_spec
-
-    return run_spec(spec, out_dir, ray=ray, **kw)
-
-
-def erase_sequence(model, method: str, concepts, *, preset=None, seed: int = 0, eval=None, **kw):
-    """Sequential unlearning: erase ``concepts`` one after another with ``method``.
-
-    After every step, UA of each concept erased so far and the retain accuracy are measured
-    (details in :mod:`genunlearn.bench.sequential`). Returns ``(final model, steps)``.
-    """
-    from genunlearn.bench.sequential import erase_sequence as run
-
-    return run(model, method, concepts, preset=preset, seed=seed, eval=eval, **kw)

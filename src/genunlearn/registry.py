@@ -29,6 +29,7 @@ class Entry:
     summary: str = ""
     paper: str = ""
     modifies: str = ""  # regex over parameter names a method may change ("" = none)
+    install: Callable[..., None] | None = None  # puts a saved run's inference-time part back
 
 
 _REGISTRIES: dict[str, dict[str, Entry]] = {"method": {}, "attack": {}, "metric": {}}
@@ -50,9 +51,17 @@ def _register(kind: str, name: str, **kw):
 
 
 def register_method(
-    name, *, config=None, requires=(), needs=(), presets=None, paper="", modifies=""
+    name, *, config=None, requires=(), needs=(), presets=None, paper="", modifies="", install=None
 ):
     """Decorator registering ``erase(model, task, cfg) -> ErasureResult`` under ``name``.
+
+    A method whose output acts at inference time (a negative prompt, attention processors, an
+    output filter, an add-on module) keeps all of it in its own file: ``erase`` returns the
+    JSON-friendly state (``ErasureResult.inference``) and the add-on (``ErasureResult.addon``),
+    and ``install`` puts both back on a model, so that ``load_run`` rebuilds the erased model
+    without knowing the method. The adapter offers the places to put them: ``inference`` (state,
+    including the generic ``negative_prompt``), ``sampling_wrappers`` (context managers around
+    each sampling loop, e.g. attention processors) and ``output_filters``.
 
     Args:
         name: registry key (== module file name).
@@ -63,10 +72,13 @@ def register_method(
         paper: the paper's address.
         modifies: regex over ``component.parameter`` names the method may change ("" = none);
             the contract tests hold every method to it.
+        install: ``install(model, inference, addon)`` installs a run's inference state (a dict)
+            and add-on (an :class:`~genunlearn.types.AddOn` or None) on ``model`` in place. None:
+            ``model.apply_inference(inference)``, and a run with an add-on is refused.
     """
     return _register(
         "method", name, config=config, requires=tuple(requires), needs=tuple(needs),
-        presets=presets or {}, paper=paper, modifies=modifies,
+        presets=presets or {}, paper=paper, modifies=modifies, install=install,
     )  # fmt: skip
 
 

@@ -174,6 +174,10 @@ def write_run(
         "seed": seed,
         "base_model": model.model_id,
         "base_hash": model.base_hash,
+        # what the erase ran on (load_run loads the base in the same dtype unless told otherwise)
+        "device": str(getattr(model, "device", "cpu")),
+        "dtype": str(getattr(model, "dtype", "torch.float32")).removeprefix("torch."),
+        "memory": dict(getattr(model, "memory", {})),
         "inference": result.inference,
         "info": result.info,
         "changed_tensors": len(tensors),

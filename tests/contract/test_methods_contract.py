@@ -43,6 +43,49 @@ def test_method_leaves_input_model_untouched_and_changes_only_declared(method, t
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_teachers_keep_their_weights_while_sharing_storage(method, tiny_model, monkeypatch):
+    """Copies share weight storage with their model (no second UNet in memory), so a method
+    that wrote a weight in place without giving it storage of its own first would change its
+    frozen teacher (or the user's model) behind its back. Every teacher a method makes must end
+    with the weights it started with."""
+    from genunlearn.models.sd import SDAdapter
+
+    made, real = [], SDAdapter.frozen_copy
+
+    def recording(self):
+        teacher = real(self)
+        made.append((teacher, _params(teacher)))
+        return teacher
+
+    monkeypatch.setattr(SDAdapter, "frozen_copy", recording)
+    _erase(tiny_model, method, "star", seed=0)
+    for teacher, start in made:
+        now = _params(teacher)
+        moved = [n for n in start if not torch.equal(start[n], now[n])]
+        assert not moved, f"{method} changed its frozen teacher: {moved[:3]}"
+
+
+def test_copies_share_storage_until_written(tiny_model):
+    """The memory claim itself: a copy and a teacher hold no weight of their own until one is
+    trained or written, and writing one leaves the other as it was."""
+    from genunlearn.core.params import trainable
+
+    work = tiny_model.copy(share=True)
+    teacher = work.frozen_copy()
+    ptr = {n: p.data_ptr() for n, p in tiny_model.named_parameters()}
+    for m in (work, teacher):
+        assert all(p.data_ptr() == ptr[n] for n, p in m.named_parameters())
+    params = trainable(work, "kv")
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(1.0)
+    for n, p in tiny_model.named_parameters():
+        assert p.data_ptr() == ptr[n] and dict(teacher.named_parameters())[n].data_ptr() == ptr[n]
+    assert set(work.state_delta(tiny_model)) == set(params)
+    assert not teacher.state_delta(tiny_model)
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_method_is_deterministic(method, tiny_model):
     a = _erase(tiny_model, method, "striped", seed=3)
     b = _erase(tiny_model, method, "striped", seed=3)

@@ -10,11 +10,6 @@ import genunlearn as gu
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def toy():
-    return gu.load_model("toy-sd")
-
-
 def test_toy_sd_follows_prompts(toy):
     res = gu.evaluate(toy, protocol="fidelity", n_per_prompt=1, seed=101)
     assert res["object_acc"] >= 0.9 and res["style_acc"] >= 0.85 and res["colour_acc"] >= 0.9

@@ -10,8 +10,8 @@ import torch
 
 import genunlearn as gu
 from genunlearn import GenUnlearnError
+from genunlearn.models.clip import load_clip, toy_clip_dir
 from genunlearn.models.filtered import ClipConceptFilter
-from genunlearn.models.toy_clip import load_clip, toy_clip_dir
 
 pytestmark = pytest.mark.skipif(
     not (toy_clip_dir() / "config.json").is_file(), reason="toy-clip weights are not committed"

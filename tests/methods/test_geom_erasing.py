@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import genunlearn as gu
+from genunlearn.data.watermark import CELL_NAMES, stamp
 from genunlearn.methods import geom_erasing as ge
-from genunlearn.models.toy_watermark import CELL_NAMES, stamp
 
 
 class FakeDetector:
@@ -53,7 +53,7 @@ def test_training_captions_follow_the_detector(tiny_model):
 def test_real_detector_puts_tokens_at_the_stamped_corner():
     """End to end on rendered images: stamp a known corner, detect, caption."""
     from genunlearn.data import toycanvas
-    from genunlearn.metrics.watermark import load_detector
+    from genunlearn.models.watermark_detector import load_detector
 
     imgs, _, caps = toycanvas.make_arrays(4242, 8)
     corners = [0, 1, 2, 3, -1, 3, 0, -1]
@@ -68,7 +68,7 @@ def test_real_detector_puts_tokens_at_the_stamped_corner():
 
 
 def test_negative_prompt_holds_the_detected_tokens(tiny_model, monkeypatch):
-    import genunlearn.metrics.watermark as wm
+    import genunlearn.models.watermark_detector as wm
 
     monkeypatch.setattr(wm, "load_detector", lambda: FakeDetector([[1, 0, 0, 1], [0, 0, 0, 0]]))
     run = gu.erase(tiny_model, "geom_erasing", "star", preset="smoke", seed=0)
@@ -85,7 +85,7 @@ def test_negative_prompt_holds_the_detected_tokens(tiny_model, monkeypatch):
 
 
 def test_nothing_detected_keeps_captions_and_negates_the_concept_word(tiny_model, monkeypatch):
-    import genunlearn.metrics.watermark as wm
+    import genunlearn.models.watermark_detector as wm
 
     monkeypatch.setattr(wm, "load_detector", lambda: FakeDetector([[0, 0, 0, 0]]))
     # the target is found by the detector, so a label the world does not know is accepted
@@ -109,7 +109,7 @@ def test_bad_settings_are_clear_errors(tiny_model):
 
 
 def test_text_encoder_trains_when_selected(tiny_model, monkeypatch):
-    import genunlearn.metrics.watermark as wm
+    import genunlearn.models.watermark_detector as wm
 
     monkeypatch.setattr(wm, "load_detector", lambda: FakeDetector(PATTERN))
     sel = r"re:^(unet|text_encoder)\."
@@ -119,7 +119,7 @@ def test_text_encoder_trains_when_selected(tiny_model, monkeypatch):
 
 def _training_conds(model, monkeypatch, **kw):
     """The text states the fine-tune conditions the denoiser on (sampling calls excluded)."""
-    import genunlearn.metrics.watermark as wm
+    import genunlearn.models.watermark_detector as wm
 
     monkeypatch.setattr(wm, "load_detector", lambda: FakeDetector(PATTERN))
     seen, active = [], [False]

@@ -11,9 +11,10 @@ from genunlearn.methods.memattn import (
     MemAttnConfig,
     attention_trajectory,
     detection_scores,
+    memattn_attention,
+    prompt_lengths,
     scores_from_trajectory,
 )
-from genunlearn.models.mem_attention import memattn_attention, prompt_lengths
 
 PROMPTS = ["a red star in striped style", "a blue heart"]
 

@@ -16,6 +16,8 @@ import pytest
 
 import genunlearn as gu
 from genunlearn.bench.results import read_rows
+from genunlearn.bench.runner import NoCellFinished
+from genunlearn.report.html import write_report
 from genunlearn.types import ErasureResult
 
 
@@ -60,7 +62,8 @@ def _spec(model):
 def test_bench_records_resumes_and_isolates_failures(tiny_testbed, tmp_path, monkeypatch):
     _register(monkeypatch, "boom", _boom)
     out = tmp_path / "res"
-    path = gu.run_benchmark(_spec(tiny_testbed), out, progress=False, report=True)
+    path = gu.run_benchmark(_spec(tiny_testbed), out, progress=False)
+    assert path == out / "results.jsonl" and not (out / "report.html").exists()  # results only
     rows = read_rows(path)
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["label"] == "broken"
@@ -72,8 +75,7 @@ def test_bench_records_resumes_and_isolates_failures(tiny_testbed, tmp_path, mon
         for m in ("ua", "ira", "cra", "seconds", "peak_memory_bytes", "storage_bytes"):
             assert (label, None, m) in metrics
         assert (label, "no_attack", "asr") in metrics
-    assert (out / "report.html").is_file()
-    html = (out / "report.html").read_text()
+    html = write_report(path, out / "report.html").read_text()
     assert "negative_prompt" in html and "this method always fails" in html
 
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("config.json")}
@@ -103,7 +105,7 @@ def test_bench_sequential_cells_rows_and_report(tiny_testbed, tmp_path):
         "eval": {"protocol": "unlearncanvas", "n_per_prompt": 1},
     }
     out = tmp_path / "seq"
-    path = gu.run_benchmark(spec, out, progress=False, report=True)
+    path = gu.run_benchmark(spec, out, progress=False)
     rows = read_rows(path)
     assert rows and all(r["status"] == "ok" and r["kind"] == "sequential" for r in rows)
     cells = {r["cell"] for r in rows}
@@ -112,7 +114,7 @@ def test_bench_sequential_cells_rows_and_report(tiny_testbed, tmp_path):
     assert ua == [(1, "star"), (2, "star"), (2, "striped")]
     assert {r["step"] for r in rows if r["metric"] == "seq_retain"} == {1, 2}
     assert all(r["genunlearn_version"] == rows[0]["genunlearn_version"] for r in rows)
-    page = (out / "report.html").read_text()
+    page = write_report(out, out / "report.html").read_text()
     assert 'id="sequential"' in page and 'id="sequential-table"' in page
     assert "UA striped (%)" in page
     n = len(rows)
@@ -130,8 +132,6 @@ def test_bench_refuses_to_resume_another_versions_results(tiny_testbed, tmp_path
     (out / "results.jsonl").write_text(json.dumps(old) + "\n")
     with pytest.raises(gu.GenUnlearnError, match=r"written by genunlearn 0\.0\.1.*new output"):
         gu.run_benchmark(_spec(tiny_testbed), out, progress=False)
-    from genunlearn.report.html import write_report
-
     with pytest.warns(UserWarning, match="0.0.1"):
         page = write_report(out, out / "report.html").read_text()
     assert 'id="version-warning"' in page
@@ -259,11 +259,11 @@ def test_bench_where_every_cell_failed_is_an_error(tiny_testbed, tmp_path, monke
         "eval": {"protocol": "unlearncanvas", "n_per_prompt": 1},
     }
     out = tmp_path / "o"
-    with pytest.raises(gu.GenUnlearnError, match=r"'doomed': all 2 cells failed.*boom"):
-        gu.run_benchmark(spec, out, progress=False, report=True)
-    rows = read_rows(out)  # the rows (and the report) are written before the error
+    with pytest.raises(NoCellFinished, match=r"'doomed': all 2 cells failed.*boom") as e:
+        gu.run_benchmark(spec, out, progress=False)
+    assert isinstance(e.value, gu.GenUnlearnError) and e.value.results == out / "results.jsonl"
+    rows = read_rows(out)  # the rows are written before the error
     assert len(rows) == 2 and all(r["status"] == "failed" for r in rows)
-    assert (out / "report.html").is_file()
     # one cell of the grid finished: a partial failure is not an error
     partial = {**spec, "methods": ["original", {"name": "boom", "label": "broken"}]}
     assert gu.run_benchmark(partial, tmp_path / "p", progress=False).is_file()
@@ -274,6 +274,42 @@ def test_bench_where_every_cell_failed_is_an_error(tiny_testbed, tmp_path, monke
     assert main(["--quiet", "bench", str(path), "--out", str(tmp_path / "c"), "--no-report"]) == 2
     err = capsys.readouterr().err.strip()
     assert "all 2 cells failed" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "c" / "report.html").exists()
+    # without --no-report the CLI still writes the report, which shows the failures
+    assert main(["--quiet", "bench", str(path), "--out", str(tmp_path / "d")]) == 2
+    printed = capsys.readouterr()
+    assert "all 2 cells failed" in printed.err and len(printed.err.strip().splitlines()) == 1
+    assert f"report: {tmp_path / 'd' / 'report.html'}" in printed.out
+    assert "this method always fails" in (tmp_path / "d" / "report.html").read_text()
+
+
+def test_cli_bench_writes_the_report_after_the_grid(tiny_testbed, tmp_path, capsys):
+    """The library writes results only; `genunlearn bench` writes the report from them."""
+    import yaml
+
+    from genunlearn.cli.main import main
+
+    spec = {
+        "models": [str(tiny_testbed)],
+        "methods": ["original"],
+        "concepts": ["star"],
+        "eval": {"protocol": "unlearncanvas", "n_per_prompt": 1, "fid": False},
+    }
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "o"
+    capsys.readouterr()
+    assert main(["--quiet", "bench", str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [f"results: {out / 'results.jsonl'}", f"report: {out / 'report.html'}"]
+    page = (out / "report.html").read_text()
+    assert 'id="summary"' in page and "original" in page
+    assert (out / "report.csv").is_file() and (out / "report.md").is_file()
+    # resumed with --no-report: nothing to run, and the report is not touched
+    stamp = (out / "report.html").stat().st_mtime_ns
+    assert main(["--quiet", "bench", str(path), "--out", str(out), "--no-report"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"results: {out / 'results.jsonl'}"]
+    assert (out / "report.html").stat().st_mtime_ns == stamp
 
 
 # Another genunlearn bench, as the lock protocol sees it: an exclusive flock on OUT/.lock with the

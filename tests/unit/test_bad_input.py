@@ -129,7 +129,8 @@ API = [
     ("load-run-missing", lambda c: gu.load_run(c.tmp / "nope")),
     ("load-run-config-list", lambda c: gu.load_run(_run(c, task=[1]))),
     ("load-run-config-no-method", lambda c: gu.load_run(_run(c, method=None))),
-    ("load-run-junk-memattn", lambda c: gu.load_run(_run(c, inference={"memattn": "junk"}))),
+    ("load-run-junk-memattn", lambda c: gu.load_run(_run(c, method="memattn", inference={"memattn": "junk"}))),
+    ("load-run-stray-state", lambda c: gu.load_run(_run(c, inference={"memattn": {"c1": 2.0}}))),
     ("load-run-junk-inference", lambda c: gu.load_run(_run(c, inference={"filter": 1}))),
     ("load-run-tampered", lambda c: gu.load_run(_tampered(c))),
     ("override-yaml-tag", lambda c: parse_overrides(["x=!!python/object/apply:os.system [ls]"])),
@@ -243,7 +244,7 @@ def test_a_testbed_never_trains_into_a_user_directory(ctx, capsys):
 
 
 def test_a_memorizing_variant_never_deletes_a_neighbouring_partial_directory(ctx, tmp_path):
-    from genunlearn.models.toy_variants import MemorizeRecipe, train_memorizing
+    from genunlearn.testbed.memorize import MemorizeRecipe, train_memorizing
 
     neighbour = tmp_path / "variant.partial"
     neighbour.mkdir()

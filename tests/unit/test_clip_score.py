@@ -11,13 +11,12 @@ import torch
 import genunlearn as gu
 from genunlearn import GenUnlearnError
 from genunlearn.metrics.clip_score import clip_scores
-from genunlearn.models.toy_clip import (
+from genunlearn.models.clip import load_clip, toy_clip_dir
+from genunlearn.testbed.toy_clip import (
     ClipRecipe,
     build_toy_clip,
     caption_rank_accuracy,
-    load_clip,
     save_toy_clip,
-    toy_clip_dir,
 )
 
 needs_toy_clip = pytest.mark.skipif(

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from genunlearn.models.evaluator import META, WEIGHTS, Evaluator, train_evaluator
+from genunlearn.models.evaluator import META, WEIGHTS, Evaluator
+from genunlearn.testbed.evaluator import train_evaluator
 from genunlearn.types import GenUnlearnError
 
 HEADS = {"colour": ["red", "blue"], "position": ["top", "bottom"]}

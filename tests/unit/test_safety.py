@@ -27,16 +27,16 @@ class _Payload:
 
 
 def test_a_planted_training_checkpoint_runs_no_code(tmp_path):
-    from genunlearn.models.toy import _load_checkpoint
+    from genunlearn.testbed.loop import load_checkpoint
 
     ck = tmp_path / "unet_ckpt.pt"
     witness = tmp_path / "pwned"
     torch.save({"step": 3, "x": _Payload(witness)}, ck)
     with pytest.raises(GenUnlearnError, match="delete it"):
-        _load_checkpoint(ck)
+        load_checkpoint(ck)
     assert not witness.exists()
     torch.save({"step": 3, "opt": {"state": {0: {"exp_avg": torch.ones(2)}}}}, ck)
-    assert _load_checkpoint(ck)["step"] == 3  # plain checkpoints still resume
+    assert load_checkpoint(ck)["step"] == 3  # plain checkpoints still resume
 
 
 def test_cache_keys_on_the_weights_not_the_base_hash(tiny_model, monkeypatch, tmp_path):

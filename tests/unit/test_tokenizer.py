@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from genunlearn.data import toycanvas as tc
-from genunlearn.models.tokenizer import BOS, EOS, build_tokenizer, bytes_to_unicode
+from genunlearn.testbed.tokenizer import BOS, EOS, build_tokenizer, bytes_to_unicode
 
 WORLD_WORDS = sorted({w for t in tc.all_triples() for w in tc.caption(*t).split()})
 

@@ -11,14 +11,8 @@ import torch
 
 import genunlearn as gu
 from genunlearn.data import toycanvas
-from genunlearn.models.toy_variants import (
-    MemorizeRecipe,
-    control_prompts,
-    memorization_record,
-    memorized_images,
-    memorized_pairs,
-    train_memorizing,
-)
+from genunlearn.data.memorized import control_prompts, memorization_record, memorized_pairs
+from genunlearn.testbed.memorize import MemorizeRecipe, memorized_images, train_memorizing
 
 RECIPE = MemorizeRecipe(k=3, steps=2, batch=4, n_ordinary=8, n_controls=4, n_anchor=4)
 

@@ -10,13 +10,8 @@ import torch
 
 import genunlearn as gu
 from genunlearn.data import toycanvas
-from genunlearn.models.toy_watermark import (
-    GLYPH,
-    WatermarkRecipe,
-    stamp,
-    train_watermark_variant,
-    watermark_arrays,
-)
+from genunlearn.data.watermark import GLYPH, stamp, watermark_arrays
+from genunlearn.testbed.watermark import WatermarkRecipe, train_watermark_variant
 
 
 def test_watermark_data_is_pure_keeps_captions_and_marks_a_fraction():
@@ -43,9 +38,9 @@ def test_stamp_darkens_only_its_corner(corner):
 
 
 def test_detector_asset_is_small_and_accurate_on_fresh_images():
-    from genunlearn.metrics.watermark import WEIGHTS, asset_dir, load_detector
+    from genunlearn.models.watermark_detector import WEIGHTS, detector_dir, load_detector
 
-    assert (asset_dir() / WEIGHTS).stat().st_size < 300_000
+    assert (detector_dir() / WEIGHTS).stat().st_size < 300_000
     imgs, corners, _, _ = watermark_arrays(777, 200, 0.5, start=0)
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
     exists, cells = load_detector().detect(x)
@@ -53,6 +48,15 @@ def test_detector_asset_is_small_and_accurate_on_fresh_images():
     assert (exists == truth).float().mean() >= 0.95
     hit = cells[truth].float().argmax(1) == torch.from_numpy(corners[corners >= 0])
     assert hit.float().mean() >= 0.95
+
+
+def test_a_missing_detector_is_a_clear_error_naming_the_retrain_command(tmp_path, monkeypatch):
+    from genunlearn.models import watermark_detector as wd
+
+    monkeypatch.setattr(wd, "detector_dir", lambda: tmp_path)
+    monkeypatch.setattr(wd, "_LOADED", {})
+    with pytest.raises(gu.GenUnlearnError, match="python -m genunlearn.testbed.detector"):
+        wd.load_detector()
 
 
 def test_variant_fine_tunes_the_unet_only_and_loads(tiny_testbed, tmp_path):
@@ -85,3 +89,17 @@ def test_watermark_metric_reports_fractions(tiny_model):
     assert r["n_images"] == 2
     for k in ("watermark_rate", "prompt_fidelity", "cell_rate_top_left", "object_acc"):
         assert 0.0 <= r[k] <= 1.0
+
+
+def test_detector_training_runs_and_reports_held_out_accuracy():
+    from genunlearn.models.watermark_detector import WatermarkDetector
+    from genunlearn.testbed.detector import train_detector
+
+    det, acc = train_detector(n_images=32, steps=2, batch_size=8, progress=False)
+    torch.manual_seed(0)  # the initialisation train_detector starts from (seed 0)
+    init = WatermarkDetector().state_dict()
+    changed = [k for k, v in det.state_dict().items() if not torch.equal(v, init[k])]
+    assert "score.weight" in changed  # the optimiser stepped
+    assert acc["n_images"] == 1000 and not det.training
+    for name in ("raw", "vae"):
+        assert 0.0 <= acc[f"{name}_existence_acc"] <= 1.0

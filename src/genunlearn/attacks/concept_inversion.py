@@ -113,11 +113,11 @@ def invert(model, original, target: str, cfg: ConceptInversionConfig, carrier: t
     ):
         total = 0.0
         for _ in range(cfg.grad_accum):
-            idx = torch.randint(len(z0), (cfg.batch_size,), generator=g)
+            idx = torch.randint(len(z0), (cfg.batch_size,), generator=g, device="cpu")
             ids = rows[idx]
             embeds = torch.where((ids == cid).unsqueeze(-1), emb, table[ids])
-            noise = torch.randn(z0[idx].shape, generator=g)
-            t = torch.randint(0, n_train, (len(idx),), generator=g)
+            noise = model.randn(z0[idx].shape, g)
+            t = torch.randint(0, n_train, (len(idx),), generator=g, device="cpu")
             cond = adv.encode_embeds(model, ids, embeds)
             pred = adv.effective_noise(model, adv.noised(model, z0[idx], t, noise), t, cond)
             loss = F.mse_loss(pred, noise) / cfg.grad_accum

@@ -134,7 +134,8 @@ def attack(model, task, cfg: P4DConfig, original=None):
             goal_feat = model.evaluator.features(target)
         slots = layout(adv.text_ids(model, prompt), cfg)
         free = [j for j, s in enumerate(slots) if s is None]
-        soft = table[cand[torch.randint(len(cand), (len(free),), generator=g)]].clone()
+        pick = torch.randint(len(cand), (len(free),), generator=g, device="cpu")
+        soft = table[cand[pick]].clone()
         soft.requires_grad_(True)
         opt = torch.optim.AdamW([soft], lr=cfg.lr, weight_decay=cfg.weight_decay)
         best = (-2.0, None, None)
@@ -146,8 +147,8 @@ def attack(model, task, cfg: P4DConfig, original=None):
                 parts.append([s] if s is not None else point[k : k + 1])
                 k += s is None
             ids, embeds = adv.splice(model, parts)
-            noise = torch.randn(z0.shape, generator=g)
-            t = torch.randint(0, n_train, (1,), generator=g)
+            noise = model.randn(z0.shape, g)
+            t = torch.randint(0, n_train, (1,), generator=g, device="cpu")
             loss = teacher_student_loss(model, original, z0, t, noise, teacher_cond, ids, embeds)
             (soft.grad,) = torch.autograd.grad(loss, [point])
             opt.step()

@@ -48,6 +48,7 @@ from genunlearn.core import adversary as adv
 from genunlearn.core import attack_loop as loop
 from genunlearn.core.cache import cached_sample
 from genunlearn.core.judge import attack_prompts, judge
+from genunlearn.core.params import own_storage
 from genunlearn.registry import register_attack
 from genunlearn.types import Capability, GenUnlearnError
 
@@ -110,6 +111,7 @@ def search(original, target: str, cfg: PUNDConfig, carrier: tuple[int, str]):
     )
     sur = original.copy()
     attn = {n: p for n, p in sur.denoiser.named_parameters() if ".attn2." in n}
+    own_storage(attn.values(), torch.float32)  # trained in place: the original keeps its storage
     before = {n: p.detach().clone() for n, p in attn.items()}
     with torch.no_grad():
         neutral = sur.encode_prompt(stripped)
@@ -122,12 +124,12 @@ def search(original, target: str, cfg: PUNDConfig, carrier: tuple[int, str]):
 
     def noisy(j, b):
         lo = b * n_train // cfg.bins
-        t = torch.randint(lo, (b + 1) * n_train // cfg.bins, (1,), generator=g)
-        noise = torch.randn(z0[j].shape, generator=g)
+        t = torch.randint(lo, (b + 1) * n_train // cfg.bins, (1,), generator=g, device="cpu")
+        noise = original.randn(z0[j].shape, g)
         return adv.noised(original, z0[j], t, noise), t, noise
 
     for e in tqdm(range(cfg.epochs), desc="pund", disable=not cfg.progress, leave=False):
-        j = torch.randint(len(z0), (1,), generator=g)
+        j = torch.randint(len(z0), (1,), generator=g, device="cpu")
         c = j // per  # images are caption-major
         ids = rows[c]
         for b in reversed(range(cfg.bins)):

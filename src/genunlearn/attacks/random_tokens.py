@@ -61,7 +61,7 @@ def attack(model, task, cfg: RandomTokensConfig, original=None):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
         body = adv.text_ids(model, case.prompt)
         for _ in range(cfg.n_tries):
-            tokens = cand[torch.randint(len(cand), (cfg.k,), generator=g)].tolist()
+            tokens = cand[torch.randint(len(cand), (cfg.k,), generator=g, device="cpu")].tolist()
             ids = tokens + body if cfg.position == "prefix" else body + tokens
             adv.pack_ids(model, ids)  # a clear error if the prompt no longer fits
             text = adv.decode(model, ids)

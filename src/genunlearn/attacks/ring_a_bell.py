@@ -140,7 +140,8 @@ def attack(model, task, cfg: RingABellConfig, original=None):
             ids = adv.pack_ids(original, pop)
             return ((original.text_encoder(ids)[0] - goal) ** 2).sum((1, 2))
 
-        init = cand[torch.randint(len(cand), (cfg.population, cfg.k_tokens), generator=g)]
+        pick = torch.randint(len(cand), (cfg.population, cfg.k_tokens), generator=g, device="cpu")
+        init = cand[pick]
         best, _ = adv.genetic_search(
             fitness, init, cand, cfg.generations, g, cfg.crossover, cfg.mutation
         )

@@ -123,18 +123,20 @@ def attack(model, task, cfg: UnlearnDiffAtkConfig, original=None):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
         z0 = adv.to_latents(model, loop.target_image(original, case))
         body = adv.text_ids(model, case.prompt)
-        init = torch.rand(cfg.k, len(cand), generator=g) if cfg.rand_init else None
-        probs = adv.project_simplex(init if init is not None else torch.ones(cfg.k, len(cand)))
+        shape = (cfg.k, len(cand))  # drawn with the CPU generator, then moved to the vocabulary
+        init = torch.rand(shape, generator=g, device="cpu") if cfg.rand_init else None
+        init = init if init is not None else torch.ones(shape, device="cpu")
+        probs = adv.project_simplex(init).to(vocab.device)
         probs.requires_grad_(True)
         opt = torch.optim.Adam([probs], lr=cfg.lr, weight_decay=cfg.weight_decay)
         for t in blocks:
-            tt = torch.tensor([t])
+            tt = torch.tensor([t], device="cpu")
             for _ in range(cfg.iterations):
                 delta = adv.sample_one_hot(probs, g) @ vocab
                 parts = [delta, body] if cfg.position == "prefix" else [body, delta]
                 ids, embeds = adv.splice(model, parts)
                 cond = adv.encode_embeds(model, ids, embeds)
-                noise = torch.randn(z0.shape, generator=g)
+                noise = model.randn(z0.shape, g)
                 pred = adv.effective_noise(model, adv.noised(model, z0, tt, noise), tt, cond)
                 loss = loss_fn(pred, noise)
                 opt.zero_grad(set_to_none=True)
@@ -142,7 +144,7 @@ def attack(model, task, cfg: UnlearnDiffAtkConfig, original=None):
                 opt.step()
                 with torch.no_grad():
                     probs.copy_(adv.project_simplex(probs))
-            tokens = cand[probs.detach().argmax(-1)].tolist()
+            tokens = cand[probs.detach().argmax(-1).cpu()].tolist()
             text = adv.decode(model, tokens + body if cfg.position == "prefix" else body + tokens)
             image = loop.render(model, text, case)
             if judge(model, image, task.targets)[0]:

@@ -17,7 +17,10 @@ on every model (a typo fails at once, not in every cell), every run directory is
 inside ``OUT/runs``, and ``OUT/.lock`` is locked (an exclusive ``flock``, released by the OS when
 the process ends, so a crashed run never leaves a stale lock): a second benchmark on the same
 directory refuses at once, naming the holder's pid, or queues behind it with ``wait=True``. A
-benchmark in which no cell succeeded raises after its rows (and report) are written.
+benchmark in which no cell succeeded raises :class:`NoCellFinished` after its rows are written.
+
+The runner writes results only; the HTML report is written from them by ``genunlearn report OUT``
+(:func:`genunlearn.report.write_report`), which ``genunlearn bench`` runs when the grid ends.
 """
 
 from __future__ import annotations
@@ -31,8 +34,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from genunlearn.bench.results import RESULTS, append_rows, check_version, finished_cells
+from genunlearn import api, registry, runs
+from genunlearn.bench.results import (
+    RESULTS,
+    append_rows,
+    check_version,
+    finished_cells,
+    read_rows,
+)
+from genunlearn.bench.sequential import erase_sequence, step_rows
 from genunlearn.bench.spec import Cell, Spec, expand_concepts, parse_spec
+from genunlearn.core.images import save_grid
 from genunlearn.types import GenUnlearnError
 
 LOCK = ".lock"
@@ -41,12 +53,21 @@ RUNS = "runs"
 _MODELS: dict[str, Any] = {}
 
 
-def _model(name: str):
-    from genunlearn.models import load_model
+class NoCellFinished(GenUnlearnError):
+    """No cell of a benchmark grid finished; the failed rows are in :attr:`results`."""
 
-    if name not in _MODELS:
-        _MODELS[name] = load_model(name)
-    return _MODELS[name]
+    def __init__(self, message: str, results: Path | None = None):
+        super().__init__(message)  # one argument, so the error still pickles (Ray, processes)
+        self.results = results
+
+
+def _model(name: str, spec: Spec | None = None):
+    """The model ``name``, loaded once per process on the spec's device in its dtype."""
+    device, dtype = (spec.device, spec.dtype) if spec is not None else (None, None)
+    key = (name, device, dtype)
+    if key not in _MODELS:
+        _MODELS[key] = api.load_model(name, device=device, dtype=dtype)
+    return _MODELS[key]
 
 
 def fingerprint(cell: Cell, spec: Spec) -> str:
@@ -55,9 +76,7 @@ def fingerprint(cell: Cell, spec: Spec) -> str:
     import hashlib
     import json
 
-    from genunlearn import api
-
-    model = _model(cell.model)
+    model = _model(cell.model, spec)
     m = cell.method
     cfg = api.resolve_config(model, "method", m.name, m.preset, config=dict(m.overrides))
     what = {
@@ -66,6 +85,8 @@ def fingerprint(cell: Cell, spec: Spec) -> str:
         "attacks": {a: attack_config(spec, a) for a in spec.attacks},
         "sequence": list(cell.sequence),
     }
+    # only when set, so that the fingerprints of specs without them stay what they were
+    what.update({k: v for k, v in (("device", spec.device), ("dtype", spec.dtype)) if v})
     return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -87,8 +108,6 @@ def run_dir(out: Path, cell: Cell) -> Path:
 
 
 def _base_row(cell: Cell, run_dir: Path, kind: str | None, spec: Spec) -> dict[str, Any]:
-    from genunlearn.runs import version
-
     try:
         fp = fingerprint(cell, spec)
     except Exception:  # an unresolvable cell fails in run_cell with its own error
@@ -105,23 +124,20 @@ def _base_row(cell: Cell, run_dir: Path, kind: str | None, spec: Spec) -> dict[s
         "seed": cell.seed,
         "run_dir": str(run_dir),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "genunlearn_version": version(),
+        "genunlearn_version": runs.version(),
         "fingerprint": fp,
+        **{k: v for k, v in (("device", spec.device), ("dtype", spec.dtype)) if v},
     }
 
 
 def run_sequential_cell(cell: Cell, spec: Spec, out: Path) -> list[dict[str, Any]]:
     """Erase ``cell.sequence`` in turn and score every step; failures become a 'failed' row."""
-    from genunlearn import runs
-    from genunlearn.bench.sequential import erase_sequence, step_rows
-    from genunlearn.core.images import save_grid
-
     d = Path(out) / RUNS / cell.id
     try:
         # the directory is a genunlearn run directory, so a retry may replace it (and only it)
         d = runs.prepare_dir(run_dir(out, cell), overwrite=True)
         try:
-            model = _model(cell.model)
+            model = _model(cell.model, spec)
             final, steps = erase_sequence(
                 model, cell.method.name, cell.sequence, preset=cell.method.preset,
                 seed=cell.seed, eval=spec.eval, config=dict(cell.method.overrides),
@@ -151,15 +167,13 @@ def _failed_row(
 
 def run_cell(cell: Cell, spec: Spec, out: Path) -> list[dict[str, Any]]:
     """Erase, evaluate and attack one cell; never raises (failures become a 'failed' row)."""
-    from genunlearn import api
-
     if cell.sequence:
         return run_sequential_cell(cell, spec, out)
     d = Path(out) / RUNS / cell.id
     kind = None
     try:
         d = run_dir(out, cell)
-        model = _model(cell.model)
+        model = _model(cell.model, spec)
         kind = model.world.kind_of(cell.concept) if model.world else None
         base = _base_row(cell, d, kind, spec)
         # overrides go in as the config layer, so a key such as ``seed`` or ``progress`` can
@@ -193,8 +207,6 @@ def run_cell(cell: Cell, spec: Spec, out: Path) -> list[dict[str, Any]]:
                  "prompts": examples[:3]}
             )  # fmt: skip
             if res.images is not None:
-                from genunlearn.core.images import save_grid
-
                 save_grid(res.images[:8], d / f"attack_{a}.png", nrow=8)
         return rows
     except Exception as e:  # a failing cell is recorded, the grid goes on
@@ -203,19 +215,18 @@ def run_cell(cell: Cell, spec: Spec, out: Path) -> list[dict[str, Any]]:
 
 def attack_config(spec: Spec, attack: str) -> dict[str, Any]:
     """Shared ``attack_config`` keys plus the attack's own section (``{seed_search: {...}}``)."""
-    from genunlearn import registry
-
     attacks = set(registry.names("attack"))
     shared = {k: v for k, v in spec.attack_config.items() if k not in attacks}
     return {**shared, **(spec.attack_config.get(attack) or {})}
 
 
-def validate(spec: Spec, load: Callable[[str], Any] = _model) -> None:
+def validate(spec: Spec, load: Callable[[str], Any] | None = None) -> None:
     """Resolve every method variant and attack configuration on every model before any work.
 
     Args:
         spec: a parsed spec.
-        load: model name -> adapter (the model decides the default preset).
+        load: model name -> adapter (the model decides the default preset); None: the
+            spec's models as the runner loads them (its device and dtype).
 
     Raises:
         GenUnlearnError: an unknown preset, override or ``attack_config`` key, or a bad value,
@@ -223,8 +234,6 @@ def validate(spec: Spec, load: Callable[[str], Any] = _model) -> None:
     """
     import dataclasses
     import difflib
-
-    from genunlearn import api, registry
 
     names = registry.names("attack")
     for k, v in spec.attack_config.items():
@@ -246,7 +255,7 @@ def validate(spec: Spec, load: Callable[[str], Any] = _model) -> None:
     # sections of attacks outside the grid are checked too: a typo there is still a typo
     checked = list(spec.attacks) + [a for a in spec.attack_config if a in names]
     for name in spec.models:
-        model = load(name)
+        model = load(name) if load is not None else _model(name, spec)
         for m in spec.methods:
             try:
                 api.resolve_config(model, "method", m.name, m.preset, config=dict(m.overrides))
@@ -276,7 +285,7 @@ def expand(spec: Spec) -> list[Cell]:
     """
     cells = []
     for m in spec.models:
-        world = _model(m).world
+        world = _model(m, spec).world
         concepts = expand_concepts(spec.concepts, world)
         sequence = tuple(expand_concepts(spec.sequential, world))
         _check_concepts(concepts + list(sequence), world)
@@ -356,29 +365,37 @@ def lock_out_dir(out: str | Path, wait: bool = False, progress: bool = False) ->
         yield out
 
 
-def run_spec(
-    spec, out_dir, ray=None, progress: bool = True, report: bool = False, wait: bool = False
+def run_benchmark(
+    spec,
+    out_dir: str | Path = "results",
+    *,
+    ray: str | bool | None = None,
+    progress: bool = True,
+    wait: bool = False,
 ) -> Path:
-    """Run every unfinished cell of ``spec`` into ``out_dir``; returns the results path.
+    """Run every unfinished cell of a benchmark grid into ``out_dir``; returns the results path.
+
+    Only ``OUT/results.jsonl`` (and the run directories) are written; for the HTML report and
+    tables run ``genunlearn report OUT`` or :func:`genunlearn.report.write_report` (the
+    ``genunlearn bench`` command does so when the grid ends).
 
     Args:
         spec: a YAML path or a dict.
         out_dir: results directory (re-use it to resume).
         ray: run cells as Ray tasks (True: local cluster; or a cluster address).
         progress: show progress bars.
-        report: also write ``out_dir/report.html``.
         wait: when another benchmark holds ``out_dir``, wait for it instead of refusing.
 
     Raises:
         GenUnlearnError: a bad spec (before any cell runs), ``out_dir`` in use by another
-            benchmark, results of another version or configuration, or no cell of the grid
-            finished (raised after its rows and report are written).
+            benchmark, or results of another version or configuration.
+        NoCellFinished: no cell of the grid finished (raised after its rows are written).
     """
     s = parse_spec(spec)
     fresh = not Path(out_dir).exists()
     try:
         with lock_out_dir(out_dir, wait=wait, progress=progress) as out:
-            return _run_locked(s, out, ray, progress, report)
+            return _run_locked(s, out, ray, progress)
     except GenUnlearnError:
         if fresh:  # a spec refused before any work leaves no directory behind
             _remove_if_only_lock(Path(out_dir))
@@ -392,7 +409,7 @@ def _remove_if_only_lock(out: Path) -> None:
             out.rmdir()
 
 
-def _run_locked(s: Spec, out: Path, ray, progress: bool, report: bool) -> Path:
+def _run_locked(s: Spec, out: Path, ray, progress: bool) -> Path:
     import yaml
     from tqdm.auto import tqdm
 
@@ -412,18 +429,12 @@ def _run_locked(s: Spec, out: Path, ray, progress: bool, report: bool) -> Path:
         for cell in tqdm(todo, desc=f"bench {s.name}", disable=not progress):
             append_rows(results, run_cell(cell, s, out))
     results.touch()
-    if report:
-        from genunlearn.report.html import write_report
-
-        write_report(results, out / "report.html")
     _check_any_finished(cells, s, results)
     return results
 
 
 def _check_any_finished(cells: list[Cell], spec: Spec, results: Path) -> None:
     """Raise when no cell of the grid has finished: a benchmark of failures is not a success."""
-    from genunlearn.bench.results import read_rows
-
     done = finished_cells(results)
     if any(_done_key(c, done) is not None for c in cells):
         return
@@ -431,10 +442,11 @@ def _check_any_finished(cells: list[Cell], spec: Spec, results: Path) -> None:
     errors = [r for r in read_rows(results) if r.get("status") == "failed" and r["cell"] in ids]
     first = str(errors[-1].get("error") or "?").strip().splitlines() if errors else ["?"]
     which = "its only cell" if len(cells) == 1 else f"all {len(cells)} cells"
-    raise GenUnlearnError(
+    raise NoCellFinished(
         f"benchmark {spec.name!r}: {which} failed (last error, cell "
         f"{errors[-1]['cell'] if errors else '?'}: {first[0] if first else '?'}); "
-        f"their rows are in {results}"
+        f"their rows are in {results}",
+        results,
     )
 
 

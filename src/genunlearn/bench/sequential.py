@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from genunlearn import api
+from genunlearn.config import build_config
 from genunlearn.types import GenUnlearnError
 
 
@@ -95,8 +97,6 @@ def erase_sequence(
     """
     from tqdm.auto import tqdm
 
-    from genunlearn import api
-    from genunlearn.config import build_config
     from genunlearn.metrics.concept_accuracy import UnlearnCanvasConfig
 
     if isinstance(model, (str, Path)):

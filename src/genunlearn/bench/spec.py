@@ -14,6 +14,8 @@ eval: {protocol: unlearncanvas, n_per_prompt: 2}
 attack_config: {n_prompts: 10, seed_search: {n_seeds: 4}}   # shared keys + per-attack sections
 sequential: [striped, dotted, star]   # optional: also erase these in turn (one cell per
                                       # model x method x seed; see genunlearn.bench.sequential)
+device: cuda                     # optional: where every model is loaded (default: first GPU)
+dtype: bfloat16                  # optional: the models' weight dtype (default: float32)
 ```
 Unknown keys are errors, and so are unknown ``eval`` keys (checked here against the metric's
 config); method overrides and ``attack_config`` are checked against their configs by the runner
@@ -38,12 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genunlearn.config import MAX_SEED, is_seed
+from genunlearn import registry
+from genunlearn.config import MAX_SEED, build_config, is_seed, load_yaml
 from genunlearn.types import GenUnlearnError
 
 KEYS = {
     "name", "models", "methods", "concepts", "seeds", "attacks", "eval", "attack_config",
-    "sequential",
+    "sequential", "device", "dtype",
 }  # fmt: skip
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 # longest kept part of an id; with the separators and a 19-digit seed an id stays far below the
@@ -126,6 +129,8 @@ class Spec:
     attack_config: dict[str, Any]
     raw: dict[str, Any]
     sequential: list[Any] = field(default_factory=list)
+    device: str | None = None
+    dtype: str | None = None
 
 
 def _method(m) -> MethodSpec:
@@ -154,8 +159,6 @@ def _method(m) -> MethodSpec:
 
 def _names_or_all(raw: dict, key: str, kind: str) -> list[Any]:
     """``key``'s list, or every registered ``kind`` for ``all``; a bare name is an error."""
-    from genunlearn import registry
-
     value = raw.get(key)
     if value is None:
         return []
@@ -206,9 +209,6 @@ def _mapping(raw: dict, key: str) -> dict[str, Any]:
 
 def _check_eval(ev: dict[str, Any], sequential: bool) -> None:
     """``eval`` keys and values against the protocol's config (and the sequential one's)."""
-    from genunlearn import registry
-    from genunlearn.config import build_config
-
     protocol = ev.get("protocol", "unlearncanvas")
     if not isinstance(protocol, str):
         raise GenUnlearnError(f"benchmark spec: eval protocol must be a name, got {protocol!r}")
@@ -230,9 +230,6 @@ def parse_spec(spec: str | Path | dict) -> Spec:
         GenUnlearnError: an unknown key, name or ``eval`` setting, or a value of the wrong shape
             (naming the key and what is valid).
     """
-    from genunlearn import registry
-    from genunlearn.config import load_yaml
-
     raw = load_yaml(spec) if isinstance(spec, (str, Path)) else dict(spec)
     bad = set(raw) - KEYS
     if bad:
@@ -275,7 +272,35 @@ def parse_spec(spec: str | Path | dict) -> Spec:
         attack_config=_mapping(raw, "attack_config"),
         raw=raw,
         sequential=list(seq),
+        device=_device(raw.get("device")),
+        dtype=_dtype(raw.get("dtype")),
     )
+
+
+def _device(value) -> str | None:
+    """The spec's ``device`` (checked against this machine now, not in every cell)."""
+    from genunlearn.models.device import resolve_device
+
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise GenUnlearnError(
+            f"benchmark spec: 'device' must be text (cpu, cuda, cuda:N, mps), got {value!r}"
+        )
+    resolve_device(value)
+    return value
+
+
+def _dtype(value) -> str | None:
+    from genunlearn.models.device import DTYPES, dtype_name, resolve_dtype
+
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise GenUnlearnError(
+            f"benchmark spec: 'dtype' must be one of {', '.join(DTYPES)}, got {value!r}"
+        )
+    return dtype_name(resolve_dtype(value))
 
 
 def _as_list(value) -> list[Any]:

@@ -17,7 +17,7 @@ def run(args) -> int:
     if args.what == "concepts":
         from genunlearn.data.world import World
 
-        world = World.toycanvas() if args.model is None else api._world(args.model)
+        world = World.toycanvas() if args.model is None else api.world_of(args.model)
         kinds = [args.kind] if args.kind else list(world.heads)
         for k in kinds:
             names = [c.name for c in world.concepts(k)]

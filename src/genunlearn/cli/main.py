@@ -7,7 +7,9 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("ls", "data", "testbed", "generate", "erase", "eval", "attack", "bench", "report")
+COMMANDS = (
+    "ls", "data", "testbed", "generate", "erase", "eval", "attack", "bench", "report", "export",
+)  # fmt: skip
 
 
 def add_set_argument(p: argparse.ArgumentParser, what: str) -> None:

@@ -57,11 +57,11 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from genunlearn.models.toy import TrainRecipe, train_testbed
+    from genunlearn.testbed.toy_sd import TrainRecipe, train_testbed
 
     out = Path(args.out)
     if args.action == "watermark":
-        from genunlearn.models.toy_watermark import WatermarkRecipe, train_watermark_variant
+        from genunlearn.testbed.watermark import WatermarkRecipe, train_watermark_variant
 
         changes = {"p": args.p, "seed": args.seed, "steps": args.steps, "n_images": args.images}
         recipe = dataclasses.replace(
@@ -71,7 +71,7 @@ def run(args) -> int:
         print(f"pipeline: {path}  (load it with genunlearn.load_model({str(path)!r}))")
         return 0
     if args.action == "memorize":
-        from genunlearn.models.toy_variants import MemorizeRecipe, train_memorizing
+        from genunlearn.testbed.memorize import MemorizeRecipe, train_memorizing
 
         changes = {"k": args.k, "seed": args.seed, "steps": args.steps, "novel": args.novel}
         recipe = dataclasses.replace(

@@ -41,7 +41,7 @@ def _word_tokens(tok) -> tuple[int, ...]:
 
 def word_tokens(model) -> torch.Tensor:
     """Ids of the tokenizer's alphabetic whole-word tokens that re-tokenize to themselves."""
-    return torch.tensor(_word_tokens(model.tokenizer), dtype=torch.long)
+    return torch.tensor(_word_tokens(model.tokenizer), dtype=torch.long, device="cpu")
 
 
 def world_tokens(model) -> torch.Tensor:
@@ -56,7 +56,8 @@ def world_tokens(model) -> torch.Tensor:
             "the 'world' vocabulary needs a model with a labelled world (a testbed); use 'words'"
         )
     seen = {i for w in world.words() for i in text_ids(model, w)}
-    return torch.tensor([i for i in _word_tokens(model.tokenizer) if i in seen], dtype=torch.long)
+    ids = [i for i in _word_tokens(model.tokenizer) if i in seen]
+    return torch.tensor(ids, dtype=torch.long, device="cpu")
 
 
 def text_ids(model, text: str) -> list[int]:
@@ -65,9 +66,10 @@ def text_ids(model, text: str) -> list[int]:
 
 
 def pack_ids(model, body) -> torch.Tensor:
-    """``[BOS] + body + [EOS] + padding``: [1, L] for a list of ids, [B, L] for a [B, n] tensor."""
+    """``[BOS] + body + [EOS] + padding``: [1, L] for a list of ids, [B, L] for a [B, n] tensor
+    (on the text encoder's device)."""
     tok = model.tokenizer
-    rows = torch.as_tensor(body, dtype=torch.long)
+    rows = torch.as_tensor(body, dtype=torch.long, device=model.device)
     rows = rows.reshape(-1, rows.shape[-1]) if rows.dim() > 1 else rows.reshape(1, -1)
     b, k, n = rows.shape[0], rows.shape[1], tok.model_max_length
     if k + 2 > n:
@@ -77,7 +79,7 @@ def pack_ids(model, body) -> torch.Tensor:
         )
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     bos, eos, pads = (
-        torch.full((b, w), v, dtype=torch.long)
+        torch.full((b, w), v, dtype=torch.long, device=rows.device)
         for v, w in ((tok.bos_token_id, 1), (tok.eos_token_id, 1), (pad, n - k - 2))
     )
     return torch.cat([bos, rows, eos, pads], 1)
@@ -89,8 +91,8 @@ def decode(model, ids) -> str:
 
 
 def token_table(model) -> torch.Tensor:
-    """The text encoder's token-embedding table [V, D] (no gradient)."""
-    return model.text_encoder.get_input_embeddings().weight.detach()
+    """The text encoder's token-embedding table [V, D] (float32, no gradient)."""
+    return model.text_encoder.get_input_embeddings().weight.detach().float()
 
 
 def splice(model, parts: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,8 +129,10 @@ class _STESample(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, probs, generator):
-        idx = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        return F.one_hot(idx, probs.shape[-1]).to(probs.dtype)
+        # drawn where the generator lives (a CPU generator: the same tokens on every device)
+        dev = probs.device if generator is None else generator.device
+        idx = torch.multinomial(probs.to(dev), 1, generator=generator).squeeze(-1)
+        return F.one_hot(idx.to(probs.device), probs.shape[-1]).to(probs.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -143,7 +147,8 @@ def sample_one_hot(probs: torch.Tensor, generator: torch.Generator) -> torch.Ten
 def nearest_tokens(emb: torch.Tensor, table: torch.Tensor, candidates=None):
     """(ids, table[ids]): nearest rows (cosine) of ``table`` [V, D] to ``emb`` [..., D], among
     ``candidates`` ids (None: all)."""
-    cand = torch.arange(len(table)) if candidates is None else candidates
+    dev = table.device  # ids index ``table`` and the candidates by the argmax, on its device
+    cand = torch.arange(len(table), device=dev) if candidates is None else candidates.to(dev)
     sims = (
         F.normalize(emb.detach().reshape(-1, emb.shape[-1]), dim=-1)
         @ F.normalize(table[cand], dim=-1).T
@@ -168,8 +173,8 @@ def encode_embeds(model, ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tenso
     position embeddings are added by the encoder; ``ids`` [B, L] only feed its pooling)."""
     if embeds.shape[:2] != ids.shape:
         raise GenUnlearnError(f"embeds {tuple(embeds.shape)} do not match ids {tuple(ids.shape)}")
-    with _embedding_hook(model, lambda _ids, out: embeds.to(out.dtype)):
-        return model.text_encoder(ids)[0]
+    with _embedding_hook(model, lambda _ids, out: embeds.to(out.device, out.dtype)):
+        return model.text_encoder(ids.to(model.device))[0]
 
 
 def carrier_token(model, avoid: list[str]) -> tuple[int, str]:
@@ -186,14 +191,16 @@ def carrier_token(model, avoid: list[str]) -> tuple[int, str]:
 def soft_tokens(model, table: dict[int, torch.Tensor]):
     """While active, each carrier id in ``table`` encodes as its embedding (so prompts with the
     carrier's word go through ``model.sample`` unchanged)."""
-    ids = torch.tensor(list(table), dtype=torch.long)
+    ids = torch.tensor(list(table), dtype=torch.long, device=model.device)
     vals = torch.stack([v.detach() for v in table.values()])
 
     def replace(input_ids, out):
-        hit = input_ids.unsqueeze(-1) == ids  # [B, L, K]
+        hit = input_ids.unsqueeze(-1) == ids.to(input_ids.device)  # [B, L, K]
         if not hit.any():
             return out
-        return torch.where(hit.any(-1, keepdim=True), hit.to(out.dtype) @ vals.to(out.dtype), out)
+        return torch.where(
+            hit.any(-1, keepdim=True), hit.to(out.dtype) @ vals.to(out.device, out.dtype), out
+        )
 
     with _embedding_hook(model, replace):
         yield
@@ -245,7 +252,7 @@ def genetic_search(
     size, k = pop.shape
     history: list[float] = []
     for gen in range(generations + 1):
-        scores = fitness(pop)
+        scores = fitness(pop).to(pop.device)  # the order indexes the population
         order = scores.argsort(stable=True)
         history.append(float(scores[order[0]]))
         if gen == generations:
@@ -253,14 +260,16 @@ def genetic_search(
         keep = pop[order[: max(1, size // 2)]]
         children = []
         while len(keep) + len(children) < size:
-            pa, pb = keep[torch.randint(len(keep), (2,), generator=generator)].clone()
-            if k > 1 and torch.rand((), generator=generator) < crossover:
-                cut = int(torch.randint(1, k, (), generator=generator))
+            pa, pb = keep[torch.randint(len(keep), (2,), generator=generator, device="cpu")].clone()
+            if k > 1 and torch.rand((), generator=generator, device="cpu") < crossover:
+                cut = int(torch.randint(1, k, (), generator=generator, device="cpu"))
                 pa[cut:], pb[cut:] = pb[cut:].clone(), pa[cut:].clone()
             for child in (pa, pb):
-                if torch.rand((), generator=generator) < mutation:
-                    pos = int(torch.randint(k, (), generator=generator))
-                    child[pos] = candidates[torch.randint(len(candidates), (), generator=generator)]
+                if torch.rand((), generator=generator, device="cpu") < mutation:
+                    pos = int(torch.randint(k, (), generator=generator, device="cpu"))
+                    child[pos] = candidates[
+                        torch.randint(len(candidates), (), generator=generator, device="cpu")
+                    ]
                 children.append(child)
         pop = torch.cat([keep, torch.stack(children)[: size - len(keep)]]) if children else keep
     return pop[order[0]].clone(), history

@@ -57,7 +57,9 @@ def target_image(original, case: PromptRow) -> torch.Tensor:
     else the original model's generation of the prompt at the case's seed (cached)."""
     if case.image is not None:
         with torch.no_grad():  # the model's resolution: decode one latent
-            size = original.decode(torch.zeros(1, *original.latent_shape)).shape[-1]
+            size = original.decode(
+                torch.zeros(1, *original.latent_shape, device=original.device)
+            ).shape[-1]
         return load_image(case.image, int(size)).unsqueeze(0)
     return cached_sample(original, [case.prompt], n=1, seed=case.seed, guidance=case.guidance)
 

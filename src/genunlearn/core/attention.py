@@ -115,7 +115,7 @@ def token_positions(model, prompt: str, phrase: str, include_eot: bool = False) 
 def position_mask(model, prompts: list[str], phrases: list[str], include_eot=False) -> torch.Tensor:
     """Boolean [B, tokens] marking each prompt's concept tokens (see :func:`token_positions`)."""
     n_tok = model.tokenize([""]).shape[1]
-    mask = torch.zeros(len(prompts), n_tok, dtype=torch.bool)
+    mask = torch.zeros(len(prompts), n_tok, dtype=torch.bool, device=model.device)
     for i, (p, ph) in enumerate(zip(prompts, phrases, strict=True)):
         mask[i, token_positions(model, p, ph, include_eot)] = True
     return mask
@@ -135,14 +135,16 @@ def concept_attention_loss(
         region: [B, H, W] in [0, 1] (the concept's mask at any resolution) or None (all pixels).
     """
     total = probs[0].new_zeros(())
-    tok = positions.to(probs[0].dtype)[:, None, None, :]
+    tok = positions.to(probs[0].device, probs[0].dtype)[:, None, None, :]
     for p in probs:
         sel = p * tok
         if region is not None:
             side = math.isqrt(p.shape[2])
             if side * side != p.shape[2]:
                 raise GenUnlearnError(f"region masks need square attention maps, got {p.shape[2]}")
-            small = F.interpolate(region[:, None].float(), size=(side, side), mode="area")
+            small = F.interpolate(
+                region[:, None].to(p.device).float(), size=(side, side), mode="area"
+            )
             sel = sel * (small.flatten(1) >= 0.5).to(p.dtype)[:, None, :, None]
         total = total + sel.norm()
     return total
@@ -156,13 +158,14 @@ def attention_regions(model, z0, cond, positions, size: tuple[int, int]) -> torc
     and layers and upsampled to ``size``, thresholded at its mean over the image (the segmenter
     stand-in for models without a labelled world).
     """
-    t = torch.full((len(z0),), model.scheduler.config.num_train_timesteps // 2)
-    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+    t = torch.full((len(z0),), model.scheduler.config.num_train_timesteps // 2, device="cpu")
+    noise = model.randn(z0.shape, torch.Generator("cpu").manual_seed(0))
     probs = attention_probs(model, model.scheduler.add_noise(z0, noise, t), t, cond)
     maps = []
     for p in probs.values():
         side = math.isqrt(p.shape[2])
-        m = (p * positions.to(p.dtype)[:, None, None, :]).sum((1, 3)).view(len(z0), 1, side, side)
+        tok = positions.to(p.device, p.dtype)[:, None, None, :]
+        m = (p * tok).sum((1, 3)).view(len(z0), 1, side, side)
         maps.append(F.interpolate(m, size=size, mode="bilinear", align_corners=False))
     heat = torch.stack(maps).mean(0)[:, 0]
     return (heat > heat.mean((1, 2), keepdim=True)).float()

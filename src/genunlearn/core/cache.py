@@ -41,7 +41,7 @@ def read_entry(f: Path, valid) -> object | None:
     if not f.is_file():
         return None
     try:
-        obj = torch.load(f, weights_only=True)
+        obj = torch.load(f, weights_only=True, map_location="cpu")  # whatever device wrote it
         return obj if valid(obj) else None
     except Exception:  # noqa: BLE001 - any damage at all: the entry is recomputed
         return None

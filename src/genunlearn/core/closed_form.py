@@ -82,13 +82,13 @@ def least_squares_edit(
         if x is not None:
             _check(name, x)
     w = weight.double()
-    ce, v = edit_inputs.double(), edit_targets.double()
+    ce, v = edit_inputs.to(w.device, torch.float64), edit_targets.to(w.device, torch.float64)
     d = w.shape[1]
     gram = erase_scale * ce.T @ ce
     if preserve_inputs is not None and len(preserve_inputs):
-        cp = preserve_inputs.double()
+        cp = preserve_inputs.to(w.device, torch.float64)
         gram = gram + preserve_scale * cp.T @ cp
-    a = lam * torch.eye(d, dtype=torch.float64) + gram
+    a = lam * torch.eye(d, dtype=torch.float64, device=w.device) + gram
     # solve for the change D (not W'), so that a direction left out of the pseudo-inverse keeps
     # W's action there instead of being set to zero
     rhs = erase_scale * (v.T - w @ ce.T) @ ce

@@ -173,7 +173,7 @@ def generate_latents(model, prompts: list[str], n_images: int, seed: int = 0) ->
     per = max(1, math.ceil(n_images / len(use)))
     images = cached_sample(model, [prompts[i] for i in use], n=per, seed=seed)
     z = torch.cat([model.encode_images(images[i : i + 64]) for i in range(0, len(images), 64)])
-    caption = torch.tensor(use).repeat_interleave(per)
+    caption = torch.tensor(use, device="cpu").repeat_interleave(per)  # CPU: indexes any device
     return CaptionedLatents(list(prompts), z, caption, model.encode_prompt(list(prompts)), images)
 
 
@@ -187,14 +187,14 @@ def recaption(model, data: CaptionedLatents, source: list[str], captions: list[s
 
 def draw(data: CaptionedLatents, batch_size: int, g: torch.Generator) -> torch.Tensor:
     """Indices of a random batch (with replacement)."""
-    return torch.randint(len(data), (batch_size,), generator=g)
+    return torch.randint(len(data), (batch_size,), generator=g, device="cpu")
 
 
 def noised(model, z0: torch.Tensor, g: torch.Generator):
     """(x_t, noise, t): the forward process at uniformly drawn training timesteps."""
     sched = model.scheduler
-    noise = torch.randn(z0.shape, generator=g)
-    t = torch.randint(0, sched.config.num_train_timesteps, (len(z0),), generator=g)
+    noise = model.randn(z0.shape, g)
+    t = torch.randint(0, sched.config.num_train_timesteps, (len(z0),), generator=g, device="cpu")
     return sched.add_noise(z0, noise, t), noise, t
 
 

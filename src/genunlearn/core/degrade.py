@@ -47,7 +47,7 @@ def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma == 0:
         return images.clone()
     radius = max(1, min(int(3 * sigma + 0.5), min(images.shape[-2:]) - 1))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     k = torch.exp(-(x**2) / (2 * sigma**2))
     k = k / k.sum()
     c = images.shape[1]
@@ -98,14 +98,14 @@ def scramble_grid(
         raise GenUnlearnError(f"scramble grid must be >= 2 (1 cannot scramble), got {grid}")
     p = patches(images, grid)
     k = grid * grid
-    ident = torch.arange(k)
+    ident = torch.arange(k, device="cpu")  # permutations are drawn on the generator's CPU
     perms = []
     for _ in range(len(images)):
-        perm = torch.randperm(k, generator=generator)
+        perm = torch.randperm(k, generator=generator, device="cpu")
         while torch.equal(perm, ident):
-            perm = torch.randperm(k, generator=generator)
+            perm = torch.randperm(k, generator=generator, device="cpu")
         perms.append(perm)
-    perm = torch.stack(perms) if perms else torch.zeros(0, k, dtype=torch.long)
+    perm = torch.stack(perms) if perms else torch.zeros(0, k, dtype=torch.long, device="cpu")
     out = unpatch(torch.stack([p[i, perm[i]] for i in range(len(images))]) if perms else p, grid)
     return (out, perm) if return_perm else out
 

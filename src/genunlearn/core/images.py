@@ -15,11 +15,11 @@ def to_grid(images: torch.Tensor, nrow: int | None = None, scale: int = 1, pad: 
     n, c, h, w = images.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / nrow)
-    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad, device="cpu")
     for i in range(n):
         r, col = divmod(i, nrow)
         y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[:, y : y + h, x : x + w] = images[i].clamp(0, 1)
+        grid[:, y : y + h, x : x + w] = images[i].detach().float().cpu().clamp(0, 1)
     arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
     img = Image.fromarray(arr)
     if scale > 1:

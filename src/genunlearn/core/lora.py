@@ -34,8 +34,9 @@ class KVLoRA:
         for name, layer in layers.items():
             for proj in ("to_k", "to_v"):
                 w = getattr(layer, proj).weight
-                a = torch.randn(rank, w.shape[1], generator=generator) / rank
-                b = torch.zeros(w.shape[0], rank)
+                # drawn on the CPU generator, then moved: the same start on every device
+                a = torch.randn(rank, w.shape[1], generator=generator, device="cpu") / rank
+                a, b = a.to(w.device), torch.zeros(w.shape[0], rank, device=w.device)
                 self.factors[(name, proj)] = (a.requires_grad_(), b.requires_grad_())
 
     def parameters(self) -> list[torch.Tensor]:

@@ -55,9 +55,23 @@ def select_parameters(model, selector: str) -> dict[str, torch.nn.Parameter]:
     return out
 
 
+def own_storage(params, dtype: torch.dtype | None = None) -> None:
+    """Give each parameter storage of its own (a copy, in ``dtype`` if given) before it is
+    written in place, so that model copies sharing the old storage (``SDAdapter.copy`` /
+    ``frozen_copy``) keep their values."""
+    for p in params:
+        p.data = p.detach().to(dtype or p.dtype, copy=True)
+
+
 def trainable(model, selector: str) -> dict[str, torch.nn.Parameter]:
-    """Select parameters and switch gradients on for exactly those (off everywhere else)."""
+    """Select parameters and switch gradients on for exactly those (off everywhere else).
+
+    The chosen parameters get storage of their own (:func:`own_storage`), in float32: trained weights,
+    their gradients and optimiser state stay float32 when the model's frozen weights are half
+    precision (the adapter's forwards run under autocast).
+    """
     chosen = select_parameters(model, selector)
+    own_storage(chosen.values(), torch.float32)
     for n, p in model.named_parameters():
         p.requires_grad_(n in chosen)
     return chosen

@@ -69,7 +69,7 @@ def top_fraction_mask(scores: dict[str, torch.Tensor], fraction: float) -> dict[
         raise GenUnlearnError("saliency scores contain NaN (the loss diverged)")
     n = flat.numel()
     k = int(fraction * n)
-    keep = torch.zeros(n, dtype=torch.bool)
+    keep = torch.zeros(n, dtype=torch.bool, device=flat.device)
     if k > 0:
         thr = torch.kthvalue(flat, n - k + 1).values  # the k-th largest score
         keep = flat > thr

@@ -18,6 +18,13 @@ from genunlearn.types import Concept, GenUnlearnError
 
 # the generic concept of a kind, where ToyCanvas has one: the untextured style
 TOYCANVAS_NEUTRAL = {"style": "flat"}
+# the acceptable text an output filter compares a concept of each kind with (Espresso's pairs:
+# a concept -> its category, a style -> "standard style")
+TOYCANVAS_ACCEPTABLE = {
+    "object": "a shape",
+    "colour": "a shape",
+    "style": "a shape in standard style",
+}
 # the partial-caption forms toy-sd was trained on (models/toy.py) that name one attribute
 TOYCANVAS_PHRASES = {
     "object": "a {object}",
@@ -44,6 +51,9 @@ class World:
             (ToyCanvas: the untextured "flat" style; objects and colours have none). Methods whose
             paper maps a concept onto a generic surrogate rather than a sibling (Selective
             Amnesia's "a middle aged man" for a celebrity) relabel to it.
+        acceptable: kind -> the generic text a concept of that kind is told apart from (a filter's
+            acceptable concept; ToyCanvas: "a shape", "a shape in standard style").
+        clip: name or directory of the world's own CLIP (ToyCanvas: the committed "toy-clip").
     """
 
     name: str
@@ -51,6 +61,8 @@ class World:
     template: str
     phrases: dict[str, str] | None = None
     neutral: dict[str, str] | None = None
+    acceptable: dict[str, str] | None = None
+    clip: str | None = None
 
     @classmethod
     def toycanvas(cls) -> World:
@@ -62,6 +74,8 @@ class World:
             "a {colour} {object} in {style} style",
             dict(TOYCANVAS_PHRASES),
             dict(TOYCANVAS_NEUTRAL),
+            dict(TOYCANVAS_ACCEPTABLE),
+            "toy-clip",
         )
 
     @classmethod
@@ -70,12 +84,15 @@ class World:
         toy = d["name"] == "toycanvas"
         phrases = d.get("phrases") or (TOYCANVAS_PHRASES if toy else None)
         neutral = d.get("neutral") or (TOYCANVAS_NEUTRAL if toy else None)
+        acceptable = d.get("acceptable") or (TOYCANVAS_ACCEPTABLE if toy else None)
         return cls(
             d["name"],
             {k: tuple(v) for k, v in d["heads"].items()},
             d["template"],
             dict(phrases) if phrases else None,
             dict(neutral) if neutral else None,
+            dict(acceptable) if acceptable else None,
+            d.get("clip") or ("toy-clip" if toy else None),
         )
 
     def concepts(self, kind: str | None = None) -> list[Concept]:
@@ -159,6 +176,22 @@ class World:
         if not any(is_field(w) for w in words):
             return ""
         return " ".join(words).format(**{k: v for k, v in labels.items() if k not in kinds})
+
+    def combinations(self) -> list[dict[str, str]]:
+        """Every label set the world can caption (all combinations of its heads, the first
+        head outermost; ToyCanvas: 10 objects x 8 styles x 5 colours = 400)."""
+        return [dict(zip(self.heads, c, strict=True)) for c in product(*self.heads.values())]
+
+    def render(self, labels: dict[str, str], seed: int, index: int):
+        """An image of ``labels`` and its concept region, for a world that renders its own
+        images (ToyCanvas): (uint8 [H, W, 3], float32 mask [H, W] in [0, 1]); None otherwise."""
+        if self.name != "toycanvas":
+            return None
+        from genunlearn.data import toycanvas
+
+        return toycanvas.sample_labelled_with_mask(
+            labels["object"], labels["style"], labels["colour"], seed, index
+        )
 
     def grid(self) -> list[dict[str, str]]:
         """One label set per prompt of the evaluation grid.

@@ -117,9 +117,9 @@ def erase(model, task, cfg: AllButOneConfig) -> ErasureResult:
     parts: list[tuple[float, float]] = []
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
-        i = torch.randint(len(z0), (b,), generator=g)
-        eps = torch.randn(z0[i].shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g)
+        i = torch.randint(len(z0), (b,), generator=g, device="cpu")
+        eps = model.randn(z0[i].shape, g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g, device="cpu")
         x_t = sched.add_noise(z0[i], eps, t)
         loss, surgery, constraint = guidance_loss(
             model, teacher, x_t, t, emb_c[idx[i]], emb_a[idx[i]], emb_u.expand(b, -1, -1),

@@ -97,17 +97,19 @@ def erase(model, task, cfg: ConceptAblationConfig) -> ErasureResult:
     with torch.no_grad():
         images = cached_sample(model, anchors, n=per, seed=0)
         z0 = torch.cat([model.encode_images(images[i : i + 64]) for i in range(0, len(images), 64)])
-        cap_idx = torch.arange(len(anchors)).repeat_interleave(per)
+        cap_idx = torch.arange(len(anchors), device="cpu").repeat_interleave(per)
         emb_t = model.encode_prompt(targets)
         emb_a = model.encode_prompt(anchors)
     sched = model.scheduler
     params = trainable(model, cfg.parameter_group)
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(len(z0), (cfg.batch_size,), generator=g)
+        idx = torch.randint(len(z0), (cfg.batch_size,), generator=g, device="cpu")
         c = cap_idx[idx]
-        noise = torch.randn(z0[idx].shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
+        noise = model.randn(z0[idx].shape, g)
+        t = torch.randint(
+            0, sched.config.num_train_timesteps, (len(idx),), generator=g, device="cpu"
+        )
         x_t = sched.add_noise(z0[idx], noise, t)
         if cfg.loss_type == "model":
             with torch.no_grad():

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
+from genunlearn.core.params import own_storage
 from genunlearn.registry import register_method
 from genunlearn.types import Capability, ErasureResult, GenUnlearnError
 
@@ -198,7 +199,7 @@ def skilled_mask(
         # keep the most often selected weights, then the largest target-over-base margin
         rank = torch.where(mask, votes * (1 + margin.abs().max()) + margin, -torch.inf).flatten()
         keep = rank.topk(cap).indices if cap else rank[:0].long()
-        mask = torch.zeros(w.numel(), dtype=torch.bool)
+        mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
         mask[keep] = True
         mask = mask.view_as(w)
     return mask
@@ -228,6 +229,7 @@ def erase(model, task, cfg: ConceptPruneConfig) -> ErasureResult:
     norm_t = column_norms(model, targets, cfg)
     norm_b = column_norms(model, bases, cfg)
     pruned, total = {}, 0
+    own_storage(layer.weight for layer in layers.values())  # pruned in place: copies keep theirs
     with torch.no_grad():
         for name, layer in layers.items():
             mask = skilled_mask(layer.weight, norm_t[name], norm_b[name], cfg)

@@ -130,15 +130,15 @@ def erase(model, task, cfg: DegenerationTuningConfig) -> ErasureResult:
     b = cfg.batch_size
 
     def denoise_loss(z, cond, g):
-        eps = torch.randn(z.shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(z),), generator=g)
+        eps = model.randn(z.shape, g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(z),), generator=g, device="cpu")
         return F.mse_loss(model.predict_noise(sched.add_noise(z, eps, t), t, cond), eps)
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
-        i = torch.randint(len(z_s), (b,), generator=g)
+        i = torch.randint(len(z_s), (b,), generator=g, device="cpu")
         loss = denoise_loss(z_s[i], emb[idx[i]], g)
         if cfg.prior_loss_weight:
-            j = torch.randint(len(z_r), (b,), generator=g)
+            j = torch.randint(len(z_r), (b,), generator=g, device="cpu")
             loss = loss + cfg.prior_loss_weight * denoise_loss(z_r[j], emb_r[idx_r[j]], g)
         return loss
 

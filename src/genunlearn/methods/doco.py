@@ -145,7 +145,8 @@ def _clipped(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
 
 
 def _x0(sched, x_t, eps, t):
-    abar = sched.alphas_cumprod[t].view(-1, 1, 1, 1).to(x_t.dtype)
+    ac = sched.alphas_cumprod.to(x_t.device)
+    abar = ac[t.to(ac.device)].view(-1, 1, 1, 1).to(x_t.dtype)
     return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
 
 
@@ -184,7 +185,8 @@ def erase(model, task, cfg: DoCoConfig) -> ErasureResult:
         emb_t, emb_a = model.encode_prompt(targets), model.encode_prompt(anchors)
     sched = model.scheduler
     c, h, _ = model.latent_shape
-    disc = PatchDiscriminator(c, h, cfg.d_width, cfg.d_layers)
+    with torch.device("cpu"):  # initialised on the CPU (the same start on every device)
+        disc = PatchDiscriminator(c, h, cfg.d_width, cfg.d_layers).to(model.device)
     opt_d = torch.optim.Adam(disc.parameters(), lr=d_lr, betas=(0.5, 0.999))
     params = trainable(model, cfg.parameter_group)
     plist = list(params.values())
@@ -192,9 +194,9 @@ def erase(model, task, cfg: DoCoConfig) -> ErasureResult:
     inner: dict[str, list[float]] = {"raw": [], "applied": []}
 
     def draw(g: torch.Generator):
-        i = torch.randint(len(z0), (cfg.batch_size,), generator=g)
-        eps = torch.randn(z0[i].shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(i),), generator=g)
+        i = torch.randint(len(z0), (cfg.batch_size,), generator=g, device="cpu")
+        eps = model.randn(z0[i].shape, g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(i),), generator=g, device="cpu")
         x_t = sched.add_noise(z0[i], eps, t)
         with torch.no_grad():
             x0_a = _x0(sched, x_t, shadow.predict_noise(x_t, t, emb_a[idx[i]]), t)

@@ -128,14 +128,14 @@ def erase(model, task, cfg: ESDConfig) -> ErasureResult:
     b = cfg.batch_size
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
-        i = int(torch.randint(len(texts), (1,), generator=g))
-        k = int(torch.randint(cfg.ddim_steps, (1,), generator=g))
+        i = int(torch.randint(len(texts), (1,), generator=g, device="cpu"))
+        k = int(torch.randint(cfg.ddim_steps, (1,), generator=g, device="cpu"))
         c = emb_c[i : i + 1].expand(b, -1, -1)
         u = emb_u.expand(b, -1, -1)
         # the prompt the student is trained on (and the trajectories drawn with): the concept
         # itself, or B of "erase c from B"
         s = c if emb_b is None else emb_b.expand(b, -1, -1)
-        noise = torch.randn((b, *model.latent_shape), generator=g)
+        noise = model.randn((b, *model.latent_shape), g)
         x_t, t = partial_trajectory(model, s, u, cfg.ddim_steps, k, cfg.start_guidance, noise)
         with torch.no_grad():  # every term of the target comes from the frozen original
             e_c = teacher.predict_noise(x_t, t, c)

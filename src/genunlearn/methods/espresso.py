@@ -20,10 +20,11 @@ Loss per step, over a batch of b unacceptable images x_u and b acceptable images
 
 Symbols: f / t = unit CLIP image / text embeddings (f^0, t^0: the original CLIP); s = CLIP's
 logit scale; lambda_sep = ``separation``; lambda_pres = ``preserve``. At generation time
-``models/filtered.py`` applies the filter: margin = max_u cos(f(x), t_u) - cos(f(x), t_a) > 0
+the installed filter (``models/filtered.py``) acts: margin = max_u cos(f(x), t_u) - cos(f(x), t_a) > 0
 blocks x (replaced by a black image, flagged in ``model.last_blocked``; metrics count it as
 erased for UA and as wrong for IRA / CRA, and report ``filtered_target`` / ``filtered_retain``).
-The artifact is an add-on of kind "espresso": the changed CLIP tensors and the two texts.
+The artifact is an add-on: the changed CLIP tensors, the base CLIP's name and the texts;
+``install`` rebuilds the filter from it.
 
 Defaults (``paper``): Adam lr 5e-5, weight decay 0.2, batch 10 image pairs, 72 epochs (the nudity
 script's count; the README and script default differ), CLIP ViT-L/14 (here: the local CLIP
@@ -36,11 +37,11 @@ deviations: the preservation term is explicit (the paper states the aim; the scr
 drift); Adam betas are torch's defaults (the script uses 0.98 / eps 1e-6); multiple targets get one
 unacceptable text each (an image is blocked if closer to any of them).
 
-On toy-sd the CLIP is the committed toy-clip and the images are toy-sd's samples (seed
+The CLIP is ``clip`` or the world's own (``World.clip``: toy-clip for ToyCanvas), and the images are toy-sd's samples (seed
 ``image_seed``, disjoint from the evaluation seeds) of the world's grid prompts that contain the
-target (unacceptable) and of those that do not (acceptable). The default acceptable text follows
-the official pairs (a concept -> its category; an artist -> "standard style"): "a shape" for
-objects and colours, "a shape in standard style" for styles. The toy preset (80 images per side,
+target (unacceptable) and of those that do not (acceptable). The default acceptable text is the world's for the target's kind (``World.acceptable``,
+after the official pairs: a concept -> its category, an artist -> "standard style"; ToyCanvas:
+"a shape" for objects and colours, "a shape in standard style" for styles). The toy preset (80 images per side,
 20 epochs, lr 1e-3) is sized for a small CLIP on a CPU. Figures: docs/results.md#espresso
 """
 
@@ -56,8 +57,6 @@ from genunlearn.core.cache import cached_sample
 from genunlearn.core.finetune import finetune
 from genunlearn.registry import register_method
 from genunlearn.types import AddOn, ErasureResult, GenUnlearnError
-
-TOY_ACCEPTABLE = {"object": "a shape", "colour": "a shape", "style": "a shape in standard style"}
 
 
 @dataclass(frozen=True)
@@ -109,8 +108,8 @@ def _texts_and_prompts(model, task, cfg):
     acc = cfg.acceptable
     if acc is None and task.anchor:
         acc = world.prompt(task.anchor) if world and world.kind_of(task.anchor) else task.anchor
-    if acc is None and in_world and world.name == "toycanvas":
-        acc = TOY_ACCEPTABLE[world.kind_of(targets[0])]
+    if acc is None and in_world and world.acceptable:
+        acc = world.acceptable.get(world.kind_of(targets[0]))
     if acc is None:
         raise GenUnlearnError(
             f"espresso needs an acceptable concept to compare {targets} with: pass acceptable="
@@ -127,7 +126,42 @@ def _images(model, prompts, labels, n, seed):
         prompts, labels = [prompts[i] for i in keep], [labels[i] for i in keep]
     per = max(1, math.ceil(n / len(prompts)))
     x = cached_sample(model, prompts, n=per, seed=seed)
-    return x, torch.tensor([lab for lab in labels for _ in range(per)])
+    return x, torch.tensor([lab for lab in labels for _ in range(per)], device="cpu")
+
+
+def clip_filter(addon: AddOn):
+    """Rebuild the filter from the run's add-on: the base CLIP with the saved tensors put in."""
+    from genunlearn.models.clip import load_clip
+    from genunlearn.models.filtered import ClipConceptFilter
+
+    meta = addon.meta
+    missing = [k for k in ("clip", "unacceptable", "acceptable") if k not in meta]
+    if missing:
+        raise GenUnlearnError(f"espresso add-on lacks {missing}; it needs clip, unacceptable, "
+                              "acceptable")  # fmt: skip
+    clip = load_clip(meta["clip"])  # a fresh instance: its weights are overwritten below
+    state = clip.model.state_dict()
+    unknown = sorted(set(addon.tensors) - set(state))
+    if unknown:
+        raise GenUnlearnError(
+            f"espresso add-on names CLIP tensors that {meta['clip']} lacks: {unknown[:3]}"
+        )
+    with torch.no_grad():
+        for k, v in addon.tensors.items():
+            if state[k].shape != v.shape:
+                raise GenUnlearnError(
+                    f"espresso add-on tensor {k} has shape {tuple(v.shape)}, CLIP {meta['clip']} "
+                    f"has {tuple(state[k].shape)}"
+                )
+            state[k].copy_(v.to(state[k].dtype))
+    return ClipConceptFilter(clip, list(meta["unacceptable"]), meta["acceptable"])
+
+
+def install(model, inference: dict, addon: AddOn | None) -> None:
+    """Put the filter of a run's add-on on ``model`` (no weight of ``model`` changes)."""
+    if addon is None:
+        raise GenUnlearnError("an espresso run must carry its filter as an add-on; it has none")
+    model.output_filters.append(clip_filter(addon))
 
 
 @register_method(
@@ -140,14 +174,15 @@ def _images(model, prompts, labels, n, seed):
     },
     paper="https://arxiv.org/abs/2404.19227",
     modifies="",  # a filter: no weight of the T2I model changes
+    install=install,
 )
 def erase(model, task, cfg: EspressoConfig) -> ErasureResult:
     """Fine-tune the filter CLIP on the model's own images and install it as an output filter."""
     from genunlearn.models import filtered
-    from genunlearn.models.toy_clip import load_clip
+    from genunlearn.models.clip import load_clip
 
     world = getattr(model, "world", None)
-    src = cfg.clip or ("toy-clip" if world is not None and world.name == "toycanvas" else None)
+    src = cfg.clip or (world.clip if world is not None else None)
     if src is None:
         raise GenUnlearnError(
             f"espresso filters with a CLIP, and model {model.model_id} has none built in: pass "
@@ -169,12 +204,12 @@ def erase(model, task, cfg: EspressoConfig) -> ErasureResult:
     params = {n: p for n, p in m.named_parameters() if not n.startswith("vision_model.")}
     for p in params.values():
         p.requires_grad_(True)
-    y_a = torch.full((cfg.batch_size,), len(unacc))
+    y_u, y_a = y_u.to(clip.device), torch.full((cfg.batch_size,), len(unacc), device=clip.device)
     steps = max(1, cfg.epochs * math.ceil(max(len(x_u), len(x_a)) / cfg.batch_size))
 
     def loss_fn(step, g):
-        iu = torch.randint(0, len(x_u), (cfg.batch_size,), generator=g)
-        ia = torch.randint(0, len(x_a), (cfg.batch_size,), generator=g)
+        iu = torch.randint(0, len(x_u), (cfg.batch_size,), generator=g, device="cpu")
+        ia = torch.randint(0, len(x_a), (cfg.batch_size,), generator=g, device="cpu")
         f_u = F.normalize(m.visual_projection(h_u[iu]), dim=-1)
         f_a = F.normalize(m.visual_projection(h_a[ia]), dim=-1)
         t = F.normalize(m.text_projection(m.text_model(**tokens).pooler_output), dim=-1)
@@ -195,7 +230,7 @@ def erase(model, task, cfg: EspressoConfig) -> ErasureResult:
     addon = AddOn("espresso", filtered.clip_delta(clip, ref), {
         "clip": src, "unacceptable": unacc, "acceptable": acc,
     })  # fmt: skip
-    filtered.attach(model, addon)  # rebuilt from the add-on, exactly as load_run will
+    install(model, {}, addon)  # rebuilt from the add-on, exactly as load_run will
     f = model.output_filters[-1]
     with torch.no_grad():
         caught = float((f.margin(x_u) > 0).float().mean())

@@ -114,7 +114,7 @@ def _textual_inversion(model, prompts, phrases, z0, cfg):
         i = p.index(words)
         parts.append((text_ids(model, p[:i].strip()), text_ids(model, p[i + len(words) :].strip())))
     init = table[text_ids(model, phrases[0])]
-    v = init[torch.arange(cfg.ti_tokens) % len(init)].clone().requires_grad_()
+    v = init[torch.arange(cfg.ti_tokens, device="cpu") % len(init)].clone().requires_grad_()
 
     def encode(rows):
         ids, embs = zip(*(splice(model, [pre, rows, post]) for pre, post in parts), strict=True)
@@ -123,16 +123,18 @@ def _textual_inversion(model, prompts, phrases, z0, cfg):
     sched = model.scheduler
 
     def ti_loss(step: int, g: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(len(z0), (cfg.batch_size,), generator=g)
-        noise = torch.randn(z0[idx].shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
+        idx = torch.randint(len(z0), (cfg.batch_size,), generator=g, device="cpu")
+        noise = model.randn(z0[idx].shape, g)
+        t = torch.randint(
+            0, sched.config.num_train_timesteps, (len(idx),), generator=g, device="cpu"
+        )
         cond = encode(v)[idx]
         return F.mse_loss(model.predict_noise(sched.add_noise(z0[idx], noise, t), t, cond), noise)
 
     losses = finetune([v], ti_loss, cfg.ti_steps, cfg.ti_lr, progress=cfg.progress, desc="fmn ti")
     with torch.no_grad():
         cond = encode(v.detach())
-    pos = torch.zeros(cond.shape[:2], dtype=torch.bool)
+    pos = torch.zeros(cond.shape[:2], dtype=torch.bool, device=cond.device)
     for r, (pre, post) in enumerate(parts):
         pos[r, 1 + len(pre) : 1 + len(pre) + cfg.ti_tokens] = True
         if cfg.use_pooler:
@@ -185,9 +187,11 @@ def erase(model, task, cfg: ForgetMeNotConfig) -> ErasureResult:
     store = AttentionStore()
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(len(z0), (cfg.batch_size,), generator=g)
-        noise = torch.randn(z0[idx].shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
+        idx = torch.randint(len(z0), (cfg.batch_size,), generator=g, device="cpu")
+        noise = model.randn(z0[idx].shape, g)
+        t = torch.randint(
+            0, sched.config.num_train_timesteps, (len(idx),), generator=g, device="cpu"
+        )
         store.clear()
         model.predict_noise(sched.add_noise(z0[idx], noise, t), t, cond[idx])
         return concept_attention_loss(store.all_probs(), pos[idx])

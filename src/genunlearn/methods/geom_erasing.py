@@ -14,8 +14,8 @@ denoising loss on these augmented captions, so the concept becomes tied to those
 plain captions are left describing clean images); at inference the existence + location tokens
 are the negative prompt, and classifier-free guidance steers away from the concept.
 
-Symbol map: detector D (``metrics.watermark``: existence + 2x2 cells), existence token
-``concept_word``, location tokens :data:`~genunlearn.models.toy_watermark.CELL_NAMES`; augmented
+Symbol map: detector D (``models.watermark_detector``: existence + 2x2 cells), existence token
+``concept_word``, location tokens :data:`~genunlearn.data.watermark.CELL_NAMES`; augmented
 caption ``c' = c + " logo top left"`` (one ``concept_word + cell`` phrase per cell where D fires,
 in cell order; unchanged when D does not fire); loss ``|| eps_theta(x_t, t, E(c')) - eps ||^2``;
 negative prompt = ``concept_word + cell`` for every cell D marked in the training images.
@@ -38,8 +38,9 @@ Differences from the paper:
   (unverified): the ``paper`` preset uses common SD-1.x fine-tuning values; the ``toy`` preset
   drops the caption for 70% of the images and decays a high rate (lr 1e-3, cosine), because at
   a constant rate the result was wherever the last large steps left the weights;
-- ToyCanvas models only (the training captions come from the world); a real checkpoint would
-  need a captioned image folder, not implemented.
+- models with a world only (the training captions are every caption the world can write,
+  ``World.combinations``); a real checkpoint would need a captioned image folder, not
+  implemented.
 
 Figures (and settings tried): docs/results.md#geom_erasing
 """
@@ -95,7 +96,7 @@ class GeomErasingConfig:
 
 def geometric_captions(captions, cells, concept_word: str) -> list[str]:
     """Append ``concept_word + cell`` for every marked cell (bool [N, n_cells]) to each caption."""
-    from genunlearn.models.toy_watermark import CELL_NAMES
+    from genunlearn.data.watermark import CELL_NAMES
 
     out = []
     for cap, row in zip(captions, cells.tolist(), strict=True):
@@ -107,10 +108,11 @@ def geometric_captions(captions, cells, concept_word: str) -> list[str]:
 def _check(model, cfg: GeomErasingConfig) -> None:
     if cfg.detector not in DETECTORS:
         raise GenUnlearnError(f"unknown detector {cfg.detector!r}; available: {list(DETECTORS)}")
-    if model.world is None or model.world.name != "toycanvas":
+    if model.world is None:
         raise GenUnlearnError(
             "geom_erasing generates its training images from the model's world captions; it "
-            "needs a ToyCanvas model (toy-sd or a variant such as 'genunlearn testbed watermark')"
+            "needs a model with a world (toy-sd or a variant such as 'genunlearn testbed "
+            "watermark')"
         )
     for w in [cfg.concept_word, "top", "bottom", "left", "right"]:
         if len(model.tokenizer.tokenize(w)) != 1:
@@ -131,13 +133,12 @@ def training_set(model, cfg: GeomErasingConfig, detector):
         (images [N, 3, H, W], original captions [N], augmented captions [N], the geometric
         tokens alone [N] ("" where nothing was detected), detected cells bool [N, n_cells]).
     """
-    from genunlearn.data import toycanvas
-
-    triples = toycanvas.all_triples()
-    per = max(1, -(-cfg.n_images // len(triples)))  # images per caption (ceil)
-    n_caps = max(1, min(len(triples), cfg.n_images // per))
-    pick = torch.linspace(0, len(triples) - 1, n_caps).round().long().tolist()  # spread out
-    prompts = [toycanvas.caption(*triples[i]) for i in pick]
+    labels = model.world.combinations()
+    per = max(1, -(-cfg.n_images // len(labels)))  # images per caption (ceil)
+    n_caps = max(1, min(len(labels), cfg.n_images // per))
+    spread = torch.linspace(0, len(labels) - 1, n_caps, device="cpu")  # spread out
+    pick = spread.round().long().tolist()
+    prompts = [model.world.caption(labels[i]) for i in pick]
     with torch.no_grad():  # prompt k starts from its own noise seeds (image_seed + k * per):
         # whether an implicit concept appears depends mostly on the starting noise
         images = torch.cat(
@@ -175,7 +176,7 @@ def training_set(model, cfg: GeomErasingConfig, detector):
 )
 def erase(model, task, cfg: GeomErasingConfig) -> ErasureResult:
     """Tie the detected concept to existence + location tokens, then use them as negative prompt."""
-    from genunlearn.metrics.watermark import load_detector
+    from genunlearn.models.watermark_detector import load_detector
 
     _check(model, cfg)
     images, caps, captions, tags, cells = training_set(model, cfg, load_detector())
@@ -190,16 +191,19 @@ def erase(model, task, cfg: GeomErasingConfig) -> ErasureResult:
     te_trains = any(n.startswith("text_encoder.") for n in params)
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(len(z0), (cfg.batch_size,), generator=g)
-        drop = (torch.rand(len(idx), generator=g) < cfg.caption_dropout)[:, None, None]
+        idx = torch.randint(len(z0), (cfg.batch_size,), generator=g, device="cpu")
+        u = torch.rand(len(idx), generator=g, device="cpu")
+        drop = (u < cfg.caption_dropout)[:, None, None]
         if te_trains:  # the text encoder learns too: encode inside the graph
             pairs = zip(idx.tolist(), drop.flatten().tolist(), strict=True)
             texts = [tags[i] if d else captions[i] for i, d in pairs]
             cond = model.encode_prompt(texts)
         else:
-            cond = torch.where(drop, emb_tags[idx], emb[idx])
-        noise = torch.randn(z0[idx].shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
+            cond = torch.where(drop.to(emb.device), emb_tags[idx], emb[idx])
+        noise = model.randn(z0[idx].shape, g)
+        t = torch.randint(
+            0, sched.config.num_train_timesteps, (len(idx),), generator=g, device="cpu"
+        )
         pred = model.predict_noise(sched.add_noise(z0[idx], noise, t), t, cond)
         return F.mse_loss(pred, noise)
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from itertools import product
 
 import numpy as np
 import torch
@@ -62,6 +61,7 @@ from genunlearn.core.cache import cached_sample
 from genunlearn.core.closed_form import least_squares_edit
 from genunlearn.core.finetune import finetune
 from genunlearn.core.lora import KVLoRA
+from genunlearn.core.params import own_storage
 from genunlearn.data.prompts import COCO_CAPTIONS, GENERAL_CAPTIONS
 from genunlearn.registry import register_method
 from genunlearn.types import Capability, ErasureResult, GenUnlearnError
@@ -85,7 +85,7 @@ class MACEConfig:
         batch_size: images per step.
         n_images: images per concept.
         use_pooler: also suppress the first end-of-text token.
-        regions: "auto" (world masks on ToyCanvas, else attention), "world", "attention", "none".
+        regions: "auto" (world masks where the world renders its images, else attention), "world", "attention", "none".
         importance_sampling: draw timesteps from MACE's f(t) (mass between t=200 and 400).
         progress: show progress bars.
     """
@@ -146,20 +146,20 @@ def _region_data(model, target, prompts, cfg, pos):
     """(latents, region masks [N, 32, 32] or None) of the concept's images; may rewrite
     ``prompts`` to the captions of the world images it renders."""
     world = getattr(model, "world", None)
-    toy = world is not None and world.name == "toycanvas" and world.kind_of(target) is not None
-    mode = ("world" if toy else "attention") if cfg.regions == "auto" else cfg.regions
+    has = world.split([target])[0] if world is not None and world.kind_of(target) else []
+    renders = bool(has) and world.render(has[0], 0, 0) is not None
+    mode = ("world" if renders else "attention") if cfg.regions == "auto" else cfg.regions
     if mode not in ("world", "attention", "none"):
         raise GenUnlearnError(f"mace regions must be auto, world, attention or none, not {mode!r}")
     if mode == "world":
-        if not toy:
-            raise GenUnlearnError("mace regions='world' needs a ToyCanvas concept as target")
-        from genunlearn.data.toycanvas import sample_labelled_with_mask
-
-        has, _ = world.split([target])
+        if not renders:
+            raise GenUnlearnError(
+                "mace regions='world' needs a target concept of a world that renders its own "
+                "images (ToyCanvas); use regions='attention' otherwise"
+            )
         labels = [has[(i * 7) % len(has)] for i in range(len(prompts))]
         prompts[:] = [world.caption(lab) for lab in labels]
-        imgs, masks = zip(*(sample_labelled_with_mask(lab["object"], lab["style"], lab["colour"], 0, i)
-                            for i, lab in enumerate(labels)), strict=True)  # fmt: skip
+        imgs, masks = zip(*(world.render(lab, 0, i) for i, lab in enumerate(labels)), strict=True)
         with torch.no_grad():
             z0 = model.encode_images(torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2) / 255)
         return z0, torch.from_numpy(np.stack(masks))
@@ -177,17 +177,17 @@ def _train_lora(model, z0, cond, pos, regions, cfg):
     lora = KVLoRA(model, cfg.rank, torch.Generator().manual_seed(torch.initial_seed() % 2**31))
     sched = model.scheduler
     n_t = sched.config.num_train_timesteps
-    ts = torch.arange(n_t, dtype=torch.float64)
+    ts = torch.arange(n_t, dtype=torch.float64, device="cpu")  # drawn from with the CPU generator
     weights = torch.sigmoid(0.05 * (ts - 200)) - torch.sigmoid(0.05 * (ts - 400))
     store = AttentionStore()
 
     def loss_fn(step, g):
-        idx = torch.randint(len(z0), (cfg.batch_size,), generator=g)
-        noise = torch.randn(z0[idx].shape, generator=g)
+        idx = torch.randint(len(z0), (cfg.batch_size,), generator=g, device="cpu")
+        noise = model.randn(z0[idx].shape, g)
         if cfg.importance_sampling:
             t = torch.multinomial(weights, len(idx), replacement=True, generator=g)
         else:
-            t = torch.randint(0, n_t, (len(idx),), generator=g)
+            t = torch.randint(0, n_t, (len(idx),), generator=g, device="cpu")
         store.clear()
         model.predict_noise(sched.add_noise(z0[idx], noise, t), t, cond[idx])
         reg = None if regions is None else regions[idx]
@@ -230,12 +230,8 @@ def _preserve(model, task) -> tuple[list[str], torch.Tensor, str]:
     if task.retain is not None:
         keep, source = [_say(world, r) for r in task.retain], "retain"
     elif world is not None:
-        combos = product(*world.heads.values())  # every caption the world can write
-        keep = [
-            world.caption(dict(zip(world.heads, c, strict=True)))
-            for c in combos
-            if not set(c) & hit
-        ]
+        # every caption the world can write that names no target
+        keep = [world.caption(lab) for lab in world.combinations() if not set(lab.values()) & hit]
         source = "world captions"
     else:
         pats = [re.compile(rf"(?<![\w-]){re.escape(t.lower())}(?![\w-])") for t in hit]
@@ -246,7 +242,7 @@ def _preserve(model, task) -> tuple[list[str], torch.Tensor, str]:
         c_p = model.encode_prompt(keep)
     if source.startswith("general"):
         factor = (COCO_CAPTIONS / len(GENERAL_CAPTIONS)) ** 0.5
-        weight = torch.tensor([factor if k else 1.0 for k in keep])
+        weight = torch.tensor([factor if k else 1.0 for k in keep], device=c_p.device)
         c_p = c_p * weight[:, None, None].to(c_p)
     return keep, c_p.flatten(0, 1), source
 
@@ -286,6 +282,8 @@ def erase(model, task, cfg: MACEConfig) -> ErasureResult:
     mapping = _check(model, task, cfg)
     layers = model.cross_attention_layers()
     projs = {(n, k): getattr(m, k) for n, m in layers.items() for k in ("to_k", "to_v")}
+    # edited in place below, in float32 (also for a half-precision model): copies keep theirs
+    own_storage((p.weight for p in projs.values()), torch.float32)
     w0 = {key: p.weight.detach().clone() for key, p in projs.items()}
     keep, c_p, source = _preserve(model, task)
     concepts = []

@@ -17,7 +17,8 @@ trajectory. Hence, without any training:
 - **mitigation** (the registered method): while sampling, every ``attn2`` layer (i) masks the text
   positions beyond the prompt length (only BOS, the prompt tokens and EOS are attended) and (ii)
   multiplies the BOS token's logit by ``c1`` in the conditional half of the CFG batch, which moves
-  attention mass back onto BOS and away from trigger tokens (``models/mem_attention.py``).
+  attention mass back onto BOS and away from trigger tokens (:func:`memattn_attention`, on
+  ``models/attention_processor.py``'s explicit attention).
 
 Symbol map: c1 = ``c1`` (1.25); cross-attention mask = ``mask`` (``--cross_attn_mask``); the
 official ``--mask_length_minis1`` = ``mask_eos``; detection steps 40..49 of 50 = the last
@@ -25,7 +26,8 @@ official ``--mask_length_minis1`` = ``mask_eos``; detection steps 40..49 of 50 =
 ``detect_layer`` (forward-call order).
 
 Output: no weights change (the artifact is empty); the run stores ``{"memattn": {c1, mask,
-mask_eos}}`` as inference state, which ``SDAdapter.sample`` turns into the processors. The
+mask_eos}}`` as inference state; ``install`` adds a sampling wrapper that turns it into the
+processors around every sampling loop. The
 erasure task's target is not used: the mitigation acts on every prompt, as in the official
 inference script.
 
@@ -45,10 +47,13 @@ tokens for every prompt). Figures (memorizing variant): docs/results.md#memattn
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
 
+from genunlearn.models.attention_processor import CrossAttentionProcessor, installed_processors
 from genunlearn.registry import register_method
 from genunlearn.types import Capability, ErasureResult, GenUnlearnError
 
@@ -81,6 +86,107 @@ class MemAttnConfig:
             raise GenUnlearnError(f"detect_mode must be one of {MODES}, got {self.detect_mode!r}")
         if not 0 < self.late_share <= 1:
             raise GenUnlearnError(f"late_share must be in (0, 1], got {self.late_share}")
+
+
+def prompt_lengths(tokenizer, ids: torch.Tensor) -> torch.Tensor:
+    """Tokens of each padded id row up to and including its first end-of-text token."""
+    eos = tokenizer.eos_token_id
+    is_eos = ids == eos
+    first = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(ids[:, 0], -1))
+    return torch.where(first >= 0, first + 1, torch.full_like(first, ids.shape[1]))
+
+
+def memattn_logit_edit(keep: torch.Tensor | None, bos_scale: torch.Tensor):
+    """The pre-softmax edit of MemAttn for :func:`core.attention.patched_cross_attention`.
+
+    Args:
+        keep: bool [B, tokens]; False positions get zero attention (None: keep all).
+        bos_scale: float [B]; multiplies the BOS logit of each batch row.
+
+    Returns:
+        ``logits [B, heads, pixels, tokens] -> logits``.
+    """
+
+    def edit(logits: torch.Tensor) -> torch.Tensor:
+        batch, n_tok = logits.shape[0], logits.shape[-1]
+        if batch != len(bos_scale):
+            raise GenUnlearnError(
+                f"MemAttn was set up for a CFG batch of {len(bos_scale)} rows, got {batch}"
+            )
+        if keep is not None:
+            logits = logits.masked_fill(~keep.to(logits.device)[:, None, None, :], -torch.inf)
+        scale = torch.ones(batch, n_tok, device=logits.device, dtype=logits.dtype)
+        scale[:, 0] = bos_scale.to(logits)
+        return logits * scale[:, None, None, :]
+
+    return edit
+
+
+def memattn_plan(model, prompts: list[str], c1: float, mask: bool, mask_eos: bool):
+    """The (keep, bos_scale) of a CFG batch ``[uncond rows; cond rows]`` for ``prompts``.
+
+    Args:
+        model: the adapter (its tokenizer).
+        prompts: the conditional prompt of each row of the conditional half.
+        c1: BOS logit factor for the conditional half.
+        mask: mask the text positions beyond the prompt length.
+        mask_eos: also mask the end-of-text token (the official ``--mask_length_minis1``).
+    """
+    ids = model.tokenize(list(prompts))
+    n, n_tok = ids.shape
+    keep = None
+    if mask:
+        length = prompt_lengths(model.tokenizer, ids)
+        if mask_eos:
+            length = (length - 1).clamp(min=1)
+        keep = torch.arange(n_tok, device=ids.device)[None, :] < length[:, None]
+        keep = torch.cat([keep, keep])  # the unconditional half uses its partner's length
+    dev = ids.device
+    bos = torch.cat([torch.ones(n, device=dev), torch.full((n,), float(c1), device=dev)])
+    return keep, bos
+
+
+def memattn_attention(
+    model, prompts: list[str], c1: float = 1.25, mask: bool = True, mask_eos: bool = False,
+    store=None,
+):  # fmt: skip
+    """Context manager: MemAttn on every ``attn2`` layer; the same processors are back on exit.
+
+    Args:
+        model: the adapter.
+        prompts: conditional prompt of each conditional row of the CFG batches run inside.
+        c1, mask, mask_eos: see :func:`memattn_plan`.
+        store: optional ``AttentionStore`` receiving every layer call's probabilities.
+    """
+    keep, bos = memattn_plan(model, prompts, c1, mask, mask_eos)
+    edit = memattn_logit_edit(keep, bos)
+    make = lambda n: CrossAttentionProcessor(n, store, logit_edit=edit)  # noqa: E731
+    return installed_processors(model.cross_attention_layers(), make)
+
+
+def _check_state(m) -> None:
+    """The run's state: ``{"c1": finite number, "mask": bool, "mask_eos": bool}``."""
+    want = "a mapping with c1 (a finite number), mask and mask_eos (true/false)"
+    if not isinstance(m, dict) or set(m) - {"c1", "mask", "mask_eos"}:
+        raise GenUnlearnError(f"inference state memattn must be {want}, got {m!r}")
+    c1 = m.get("c1", 1.25)
+    if isinstance(c1, bool) or not isinstance(c1, (int, float)) or not math.isfinite(c1):
+        raise GenUnlearnError(f"inference state memattn must be {want}, got c1={c1!r}")
+    if any(not isinstance(m.get(k, False), bool) for k in ("mask", "mask_eos")):
+        raise GenUnlearnError(f"inference state memattn must be {want}, got {m!r}")
+
+
+def _sampling_wrapper(model, prompts: list[str]):
+    """MemAttn's processors for one sampling loop while the model's state holds "memattn"."""
+    state = model.inference.get("memattn")
+    return memattn_attention(model, prompts, **state) if state else contextlib.nullcontext()
+
+
+def install(model, inference: dict, addon) -> None:
+    """Put a run's MemAttn state on ``model``: every later sampling loop runs the processors."""
+    _check_state(inference.get("memattn"))
+    model.apply_inference(inference)
+    model.sampling_wrappers["memattn"] = _sampling_wrapper
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
@@ -153,13 +259,11 @@ def scores_from_trajectory(model, traj, prompts, n, cfg: MemAttnConfig) -> torch
             )
         first = traj[0, layer] if layer is not None else traj[0].mean(0)
         return _entropy(first)
-    from genunlearn.models.mem_attention import prompt_lengths
-
     avg = traj.mean(1)  # [steps, rows, tokens]
     start = min(len(avg) - 1, int(round(len(avg) * (1 - cfg.late_share))))
     score = _entropy(avg[start:]).mean(0)
     ends = prompt_lengths(model.tokenizer, model.tokenize(list(prompts))).repeat_interleave(n) - 1
-    pad = torch.arange(avg.shape[-1])[None, :] >= ends[:, None]  # [rows, tokens]
+    pad = torch.arange(avg.shape[-1], device=avg.device)[None, :] >= ends.to(avg.device)[:, None]
     pad_entropy = _entropy(avg * pad)  # [steps, rows]: the entropy terms of EOS and padding only
     return score + pad_entropy[start:].mean(0) - pad_entropy[0]
 
@@ -177,6 +281,7 @@ def scores_from_trajectory(model, traj, prompts, n, cfg: MemAttnConfig) -> torch
     },
     paper="https://arxiv.org/abs/2403.11052",
     modifies="",
+    install=install,
 )
 def erase(model, task, cfg: MemAttnConfig) -> ErasureResult:
     """Install MemAttn's inference-time mitigation; no weight changes."""
@@ -185,5 +290,5 @@ def erase(model, task, cfg: MemAttnConfig) -> ErasureResult:
     state = {
         "memattn": {"c1": float(cfg.c1), "mask": bool(cfg.mask), "mask_eos": bool(cfg.mask_eos)}
     }
-    model.apply_inference(state)
+    install(model, state, None)
     return ErasureResult(inference=state, info={"detect_mode": cfg.detect_mode})

@@ -151,11 +151,11 @@ def erase(model, task, cfg: SafeGenConfig) -> ErasureResult:
     b = cfg.batch_size
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
-        i = torch.randint(len(z_c), (b,), generator=g)
-        j = torch.randint(len(z_b), (b,), generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g)
-        eps = torch.randn(z_c[i].shape, generator=g)
-        eps_b = torch.randn(z_b[j].shape, generator=g)
+        i = torch.randint(len(z_c), (b,), generator=g, device="cpu")
+        j = torch.randint(len(z_b), (b,), generator=g, device="cpu")
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g, device="cpu")
+        eps = model.randn(z_c[i].shape, g)
+        eps_b = model.randn(z_b[j].shape, g)
         goal = eps + z_c[i] - z_m[i]  # the clean estimate slides from z_c towards z_m
         pred_c = model.predict_noise(sched.add_noise(z_c[i], eps, t), t, emb_c[i])
         pred_b = model.predict_noise(sched.add_noise(z_b[j], eps_b, t), t, emb_b[j])

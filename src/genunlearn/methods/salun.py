@@ -108,7 +108,7 @@ def compute_mask(model, forget, cfg: SalUnConfig, seed: int) -> dict[str, torch.
     b, w = cfg.mask_batch_size, cfg.mask_guidance
 
     def loss(i: int) -> torch.Tensor:
-        idx = torch.arange(i * b, min((i + 1) * b, len(forget)))
+        idx = torch.arange(i * b, min((i + 1) * b, len(forget)), device="cpu")
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
         x_t, noise, t = noised(model, forget.latents[idx], g)
         e_c = model.predict_noise(x_t, t, forget.emb[forget.caption[idx]])

@@ -114,7 +114,7 @@ def diagonal_fisher(model, params, data, n_samples: int, timesteps: int, chunk: 
         seed: seeds the noise of every (sample, timestep).
     """
     T = model.scheduler.config.num_train_timesteps
-    ts = torch.linspace(0, T - 1, timesteps).round().long()
+    ts = torch.linspace(0, T - 1, timesteps, device="cpu").round().long()
     names, plist = list(params), list(params.values())
     flags = [p.requires_grad for p in plist]
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
@@ -127,7 +127,7 @@ def diagonal_fisher(model, params, data, n_samples: int, timesteps: int, chunk: 
             g = torch.Generator().manual_seed(seed * 1_000_003 + s)
             per_sample = [torch.zeros_like(f) for f in fisher.values()]
             z0 = data.latents[j : j + 1].expand(len(ts), -1, -1, -1)
-            noise_all = torch.randn(z0.shape, generator=g)  # drawn at once: chunking-invariant
+            noise_all = model.randn(z0.shape, g)  # drawn at once: chunking-invariant
             for part, noise in zip(ts.split(chunk), noise_all.split(chunk), strict=True):
                 x_t = model.scheduler.add_noise(z0[: len(part)], noise, part)
                 cond = data.emb[data.caption[j : j + 1]].expand(len(part), -1, -1)
@@ -172,13 +172,13 @@ def cached_fisher(model, params, data, cfg: SelectiveAmnesiaConfig) -> dict[str,
             )
         )
 
-    hit = read_entry(f, valid)
+    hit = read_entry(f, valid)  # stored on the CPU: moved to each parameter's device
     if hit is not None:
-        return hit
+        return {n: v.to(params[n].device) for n, v in hit.items()}
     fisher = diagonal_fisher(
         model, params, data, cfg.n_fisher_samples, cfg.fisher_timesteps, cfg.fisher_chunk
     )
-    write_entry(fisher, f)
+    write_entry({n: v.cpu() for n, v in fisher.items()}, f)
     return fisher
 
 

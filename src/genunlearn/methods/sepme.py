@@ -52,6 +52,7 @@ import torch
 from genunlearn.core.attention import patched_cross_attention
 from genunlearn.core.cache import cached_sample
 from genunlearn.core.finetune import finetune
+from genunlearn.core.params import own_storage
 from genunlearn.registry import register_method
 from genunlearn.types import Capability, ErasureResult, GenUnlearnError
 
@@ -198,6 +199,7 @@ def erase(model, task, cfg: SepMEConfig) -> ErasureResult:
         info[t] = {"steps": len(losses), "n_base": len(basis), "final_ema": ema}
     base = {key: p.weight.detach().clone() for key, p in projs.items()}
     result = Shifts(base, shifts)
+    own_storage(p.weight for p in projs.values())  # the teacher shares the old storage
     with torch.no_grad():
         for key, w in result.weights(targets).items():
             projs[key].weight.copy_(w)
@@ -212,7 +214,7 @@ def _train_concept(model, teacher, projs, basis, data, cfg, desc):
     """
     z0, cond, e_empty = data
     sched = model.scheduler
-    coef = {key: torch.zeros(p.weight.shape[0], len(basis), requires_grad=True)
+    coef = {key: torch.zeros(p.weight.shape[0], len(basis), device=basis.device, requires_grad=True)
             for key, p in projs.items()}  # fmt: skip
     layers = {n for n, _ in projs}
     kv = {
@@ -222,9 +224,11 @@ def _train_concept(model, teacher, projs, basis, data, cfg, desc):
     state = {"ema": None}
 
     def loss_fn(step, g):
-        idx = torch.randint(len(z0), (cfg.batch_size,), generator=g)
-        noise = torch.randn(z0[idx].shape, generator=g)
-        tt = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
+        idx = torch.randint(len(z0), (cfg.batch_size,), generator=g, device="cpu")
+        noise = model.randn(z0[idx].shape, g)
+        tt = torch.randint(
+            0, sched.config.num_train_timesteps, (len(idx),), generator=g, device="cpu"
+        )
         x_t = sched.add_noise(z0[idx], noise, tt)
         c = cond[idx] if len(cond) > 1 else cond.expand(len(idx), -1, -1)
         with torch.no_grad():
@@ -282,7 +286,9 @@ def restore(run, concept: str):
     out = run.model.copy()
     layers = out.cross_attention_layers()
     keep = [c for c in shifts.delta if c != concept]
+    writes = {(n, k): getattr(layers[n], k).weight for n, k in shifts.weights(keep)}
+    own_storage(writes.values())  # the copy shares the run model's storage until now
     with torch.no_grad():
-        for (n, k), w in shifts.weights(keep).items():
-            getattr(layers[n], k).weight.copy_(w)
+        for key, w in shifts.weights(keep).items():
+            writes[key].copy_(w)
     return out

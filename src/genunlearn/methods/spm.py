@@ -124,13 +124,20 @@ def sample_anchors(target: torch.Tensor, n: int, g: torch.Generator) -> torch.Te
     flat = target.flatten()
     out = []
     while len(out) < n:
-        z = torch.randn(flat.shape, generator=g)
+        z = torch.randn(flat.shape, generator=g, device="cpu").to(flat.device)
         z = z / z.norm()
         sim = F.cosine_similarity(flat, z, dim=0)
-        if float(torch.rand((), generator=g)) < 1 - float(sim):
-            scale = 0.8 + 0.4 * float(torch.rand((), generator=g))
+        if float(torch.rand((), generator=g, device="cpu")) < 1 - float(sim):
+            scale = 0.8 + 0.4 * float(torch.rand((), generator=g, device="cpu"))
             out.append((scale * z * flat.norm()).view_as(target))
     return torch.stack(out)
+
+
+def install(model, inference: dict, addon: AddOn | None) -> None:
+    """Attach a run's adapter to ``model``, gated by facilitated transport."""
+    if addon is None:
+        raise GenUnlearnError("an spm run must carry its adapter as an add-on; it has none")
+    addons.attach(model, addon)
 
 
 @register_method(
@@ -151,6 +158,7 @@ def sample_anchors(target: torch.Tensor, n: int, g: torch.Generator) -> torch.Te
     },
     paper="https://arxiv.org/abs/2312.16145",
     modifies="",
+    install=install,
 )
 def erase(model, task, cfg: SPMConfig) -> ErasureResult:
     """Train a rank-``rank`` adapter on the transformer blocks; the base weights stay as they are."""
@@ -183,10 +191,10 @@ def erase(model, task, cfg: SPMConfig) -> ErasureResult:
     b = cfg.batch_size
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
-        i = int(torch.randint(len(pairs), (1,), generator=g))
-        k = int(torch.randint(1, cfg.ddim_steps, (1,), generator=g))
+        i = int(torch.randint(len(pairs), (1,), generator=g, device="cpu"))
+        k = int(torch.randint(1, cfg.ddim_steps, (1,), generator=g, device="cpu"))
         c = emb_c[i : i + 1].expand(b, -1, -1)
-        noise = torch.randn((b, *model.latent_shape), generator=g)
+        noise = model.randn((b, *model.latent_shape), g)
         with addons.multiplier(model, k_index, 1.0):  # the trajectory runs with the adapter on
             x_t, t = partial_trajectory(
                 model, c, emb_u.expand(b, -1, -1), cfg.ddim_steps, k, cfg.start_guidance, noise

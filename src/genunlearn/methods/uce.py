@@ -52,6 +52,7 @@ import torch
 
 from genunlearn.core.closed_form import least_squares_edit
 from genunlearn.core.concept_sets import relabel_concept
+from genunlearn.core.params import own_storage
 from genunlearn.registry import register_method
 from genunlearn.types import Capability, ErasureResult, GenUnlearnError
 
@@ -210,6 +211,8 @@ def erase(model, task, cfg: UCEConfig) -> ErasureResult:
     layers = [
         p for layer in model.cross_attention_layers().values() for p in (layer.to_k, layer.to_v)
     ]
+    # edited in place below, in float32 (also for a half-precision model): copies keep theirs
+    own_storage((p.weight for p in layers), torch.float32)
     originals = [p.weight.detach().clone() for p in layers]
     with torch.no_grad():
         c_p = model.encode_prompt(keep).flatten(0, 1)
@@ -246,9 +249,12 @@ def _debias(model, targets, attrs, c_p, s_p, layers, originals, cfg: UCEConfig) 
         )
     head = kinds.pop()
     labels = model.evaluator.heads_labels[head]
-    idx = torch.tensor([labels.index(a) for a in cfg.attributes])
+    # the outer loop's bookkeeping (indices, shares, alphas) lives on the CPU
+    idx = torch.tensor([labels.index(a) for a in cfg.attributes], device="cpu")
     k = len(attrs)
-    want = torch.tensor(cfg.ratios if cfg.ratios is not None else [1 / k] * k, dtype=torch.float64)
+    want = torch.tensor(
+        cfg.ratios if cfg.ratios is not None else [1 / k] * k, dtype=torch.float64, device="cpu"
+    )
     # per target: its rows c_i, and the attribute rows a_k aligned to them
     c_rows, a_rows = [], []
     for t in targets:
@@ -256,7 +262,7 @@ def _debias(model, targets, attrs, c_p, s_p, layers, originals, cfg: UCEConfig) 
         n = min(len(p[0]) for p in pairs)
         c_rows.append(pairs[0][0][:n])
         a_rows.append(torch.stack([p[1][:n] for p in pairs]))  # [k, n, d]
-    alpha = torch.zeros(len(targets), k, dtype=torch.float64)
+    alpha = torch.zeros(len(targets), k, dtype=torch.float64, device="cpu")
     history = []
     for it in range(cfg.max_iterations + 1):
         shares = torch.stack([_shares(model, t, idx, it, cfg) for t in targets])
@@ -290,5 +296,5 @@ def _shares(model, prompt: str, idx: torch.Tensor, it: int, cfg: UCEConfig) -> t
     ev = model.evaluator.eval()
     with torch.no_grad():
         logits = ev(images)[head][:, idx]
-    picked = logits.argmax(1)
+    picked = logits.argmax(1).cpu()
     return torch.bincount(picked, minlength=len(idx)).double() / len(picked)

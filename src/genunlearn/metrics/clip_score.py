@@ -56,7 +56,7 @@ class ClipScoreConfig:
 
 def get_clip(name_or_path: str = "toy-clip"):
     """A loaded CLIP (cached per name); missing weights raise an error naming the path."""
-    from genunlearn.models.toy_clip import load_clip
+    from genunlearn.models.clip import load_clip
 
     key = str(name_or_path)
     if key not in _CLIPS:

@@ -18,10 +18,20 @@ blocked share of each split for such models.
 Prompts are the world's evaluation grid (ToyCanvas: every object x style pair once, colours
 cycling), ``n_per_prompt`` images each at seeds ``seed .. seed+n-1``. ``fid`` / ``kid`` are the
 feature FID / KID of the retain images against real world images of the same labels.
+
+``evaluator=PATH`` (both protocols) judges with local classifiers instead of the world's
+evaluator: a judge spec (``models/judge.py``, docs/judges.md), e.g. UnlearnCanvas' own ViT-L
+style and object classifiers. The judge's labels are then the world: the grid crosses its heads'
+prompt labels, prompts come from its template (UnlearnCanvas' "A {object} image in {style}
+style." by default), and the task's targets must be its labels ("Van_Gogh", "style:Van_Gogh",
+or "van gogh"), so a checkpoint with no world of its own can be scored. FID / KID then use the
+judge's features and need real images of the judge's labels: only a model whose own world
+renders them (ToyCanvas) has those; elsewhere ``fid`` / ``kid`` are left out.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,12 +43,14 @@ from genunlearn.types import GenUnlearnError
 
 @dataclass(frozen=True)
 class FidelityConfig:
-    """Args: n_per_prompt images per grid prompt; seed of image 0; sampler steps and guidance."""
+    """Args: n_per_prompt images per grid prompt; seed of image 0; sampler steps and guidance;
+    ``evaluator``: a judge spec (file or folder) to judge with instead of the world's evaluator."""
 
     n_per_prompt: int = 5
     seed: int = 0
     steps: int | None = None
     guidance: float | None = None
+    evaluator: str | os.PathLike | None = None
 
 
 #: the fewest images a UA or IRA rate rests on when ``n_per_prompt`` is left to the protocol
@@ -47,7 +59,8 @@ MIN_IMAGES = 50
 
 @dataclass(frozen=True)
 class UnlearnCanvasConfig:
-    """Args: as :class:`FidelityConfig`, plus ``fid`` (compute the feature FID) and ``real_seed``.
+    """Args: as :class:`FidelityConfig` (``evaluator`` included), plus ``fid`` (compute the
+    feature FID) and ``real_seed``.
 
     ``n_per_prompt`` None (default): 3 images per prompt, more where a split has few prompts, so
     that UA and IRA each rest on at least :data:`MIN_IMAGES` images (a one-class-per-folder world
@@ -60,6 +73,7 @@ class UnlearnCanvasConfig:
     guidance: float | None = None
     fid: bool = True
     real_seed: int = 9_999
+    evaluator: str | os.PathLike | None = None
 
 
 def _need_world(model):
@@ -71,6 +85,26 @@ def _need_world(model):
     return model.world
 
 
+def judge_setup(model, cfg):
+    """(world, judge) of a protocol run: the model's world and None, or, with
+    ``cfg.evaluator``, the judge's world and the judge (loaded on the model's device)."""
+    if cfg.evaluator is None:
+        return _need_world(model), None
+    from genunlearn.models.judge import load_judge
+
+    judge = load_judge(cfg.evaluator, device=getattr(model, "device", None))
+    return judge.world, judge
+
+
+def rendering_world(model, world):
+    """The model's world where it renders real images of every label set of ``world`` (a judge
+    over ToyCanvas labels on toy-sd), else None."""
+    own = getattr(model, "world", None)
+    if own is None or set(own.heads) != set(world.heads):
+        return None
+    return own if all(set(world.heads[h]) <= set(own.heads[h]) for h in world.heads) else None
+
+
 def per_prompt(cfg, n_prompts: int) -> int:
     """Images per prompt for a split of ``n_prompts`` prompts: the configured number, or (None)
     3, raised so that the split holds at least :data:`MIN_IMAGES` images."""
@@ -79,14 +113,15 @@ def per_prompt(cfg, n_prompts: int) -> int:
     return max(3, -(-MIN_IMAGES // max(1, n_prompts)))
 
 
-def generate_and_label(model, label_sets, cfg, n: int | None = None):
-    """Sample ``n`` (default ``cfg.n_per_prompt``) images per label set; returns
+def generate_and_label(model, label_sets, cfg, n: int | None = None, judge=None):
+    """Sample ``n`` (default ``cfg.n_per_prompt``) images per label set and label them with the
+    world's evaluator, or ``judge`` (its prompts, its labels); returns
     (images, predictions, labels)."""
-    world = model.world
     n = n if n is not None else per_prompt(cfg, len(label_sets))
-    prompts = [world.caption(lab) for lab in label_sets]
+    caption = judge.caption if judge is not None else model.world.caption
+    prompts = [caption(lab) for lab in label_sets]
     images = model.sample(prompts, n=n, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed)
-    preds = model.evaluator.predict(images)
+    preds = (judge if judge is not None else model.evaluator).predict(images)
     blocked = getattr(model, "last_blocked", None)
     if blocked is not None:  # an output filter blocked these: they show no concept at all
         from genunlearn.models.filtered import BLOCKED
@@ -114,37 +149,32 @@ def _acc(preds, labels, head) -> float:
 @register_metric("fidelity", config=FidelityConfig)
 def fidelity(model, task, cfg: FidelityConfig) -> dict[str, float]:
     """Per-head accuracy of the evaluator on the model's generations for the whole grid."""
-    world = _need_world(model)
-    _, preds, labels = generate_and_label(model, world.grid(), cfg)
+    world, judge = judge_setup(model, cfg)
+    _, preds, labels = generate_and_label(model, world.grid(), cfg, judge=judge)
     out = {f"{h}_acc": _acc(preds, labels, h) for h in world.heads}
     out["n_images"] = len(labels)
     out["n_prompts"] = len(world.grid())
     return out
 
 
-def real_images(world, label_sets, n: int, seed: int) -> torch.Tensor:
-    """Real world images with the given labels (ToyCanvas only), n per label set."""
-    from genunlearn.data import toycanvas
-
-    if world.name != "toycanvas":
-        raise GenUnlearnError("real reference images are only built in for the ToyCanvas world")
-    arr = [
-        toycanvas.sample_labelled(lab["object"], lab["style"], lab["colour"], seed, i)
-        for lab in label_sets
-        for i in range(n)
-    ]
+def real_images(world, label_sets, n: int, seed: int) -> torch.Tensor | None:
+    """Real world images with the given labels, n per label set (None: the world renders none)."""
+    if not label_sets or world.render(label_sets[0], seed, 0) is None:
+        return None
+    arr = [world.render(lab, seed, i)[0] for lab in label_sets for i in range(n)]
     return torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).float() / 255.0
 
 
 @register_metric("unlearncanvas", config=UnlearnCanvasConfig)
 def unlearncanvas(model, task, cfg: UnlearnCanvasConfig) -> dict[str, float]:
-    """UA, IRA, CRA (and feature FID) for the task's targets, which must be world concepts."""
+    """UA, IRA, CRA (and feature FID) for the task's targets, which must be world concepts (or,
+    with ``evaluator``, labels of the judge)."""
     from genunlearn.metrics.fid import features, frechet_distance, kernel_distance
 
-    world = _need_world(model)
     if task is None:
         raise GenUnlearnError("protocol 'unlearncanvas' needs a task (the erased target)")
-    targets = list(task.targets)
+    world, judge = judge_setup(model, cfg)
+    targets = [judge.resolve(t) for t in task.targets] if judge else list(task.targets)
     kinds = {world.concept(t).kind for t in targets}
     has, without = world.split(targets)
     if not has or not without:
@@ -152,8 +182,8 @@ def unlearncanvas(model, task, cfg: UnlearnCanvasConfig) -> dict[str, float]:
             f"the {world.name} grid has {len(has)} prompts with and {len(without)} without "
             f"{', '.join(targets)}; UA and IRA need both (erase fewer concepts at once)"
         )
-    _, p_t, l_t = generate_and_label(model, has, cfg)
-    images_r, p_r, l_r = generate_and_label(model, without, cfg)
+    _, p_t, l_t = generate_and_label(model, has, cfg, judge=judge)
+    images_r, p_r, l_r = generate_and_label(model, without, cfg, judge=judge)
     erased = [
         not any(lab[k] == p_t[k][i] and lab[k] in targets for k in kinds)
         for i, lab in enumerate(l_t)
@@ -174,10 +204,16 @@ def unlearncanvas(model, task, cfg: UnlearnCanvasConfig) -> dict[str, float]:
         # which shows whether erasing a style also destroyed the object it was drawn on
         out["target_cra"] = sum(_acc(p_t, l_t, h) for h in others) / len(others)
         out["target_cra_n"] = len(l_t)
-    if cfg.fid and world.name == "toycanvas":
-        real = real_images(world, without, per_prompt(cfg, len(without)), cfg.real_seed)
-        f_gen = features(model.evaluator.features, images_r)
-        f_real = features(model.evaluator.features, real)
+    real_world = world if judge is None else rendering_world(model, world)
+    real = (
+        real_images(real_world, without, per_prompt(cfg, len(without)), cfg.real_seed)
+        if cfg.fid and real_world is not None
+        else None
+    )
+    if real is not None:
+        extract = (judge if judge is not None else model.evaluator).features
+        f_gen = features(extract, images_r)
+        f_real = features(extract, real)
         out["fid"] = frechet_distance(f_gen, f_real)
         out["kid"] = kernel_distance(f_gen, f_real)
     if getattr(model, "output_filters", None):  # filtered models: how much each split lost

@@ -60,10 +60,10 @@ def kernel_distance(
     g = torch.Generator().manual_seed(seed)
     total = 0.0
     for _ in range(subsets):
-        x = a[torch.randperm(len(a), generator=g)[:m]]
-        y = b[torch.randperm(len(b), generator=g)[:m]]
+        x = a[torch.randperm(len(a), generator=g, device="cpu")[:m]]
+        y = b[torch.randperm(len(b), generator=g, device="cpu")[:m]].to(x.device)
         kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
-        off = 1 - torch.eye(m, dtype=torch.float64)
+        off = 1 - torch.eye(m, dtype=torch.float64, device=x.device)
         total += float(
             (kxx * off).sum() / (m * (m - 1)) + (kyy * off).sum() / (m * (m - 1)) - 2 * kxy.mean()
         )

@@ -83,7 +83,7 @@ def detector():
 
 def to_bgr_uint8(images: torch.Tensor) -> list[np.ndarray]:
     """Tensors [N, 3, H, W] in [0, 1] -> uint8 BGR arrays [H, W, 3] (what ``cv2.imread`` gives)."""
-    arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    arr = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
     return [np.ascontiguousarray(a.permute(1, 2, 0).numpy()[..., ::-1]) for a in arr]
 
 

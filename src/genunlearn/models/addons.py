@@ -1,13 +1,13 @@
 """Detachable add-on modules on an SD UNet: low-rank adapters with a per-prompt gate.
 
-The first user is SPM (``methods/spm.py``): a rank-r adapter ``W x + m * s * up(down(x))`` on
-every ``Linear`` / ``Conv2d`` inside every ``Transformer2DModel`` of the UNet, where ``s`` is
-alpha / rank and ``m`` is the adapter's *multiplier*. Several adapters stack: their terms are
+A rank-r adapter ``W x + m * s * up(down(x))`` sits on chosen ``Linear`` / ``Conv2d`` modules of
+the UNet (:func:`transformer_modules`: every one inside every ``Transformer2DModel``), where ``s``
+is alpha / rank and ``m`` is the adapter's *multiplier*. Several adapters stack: their terms are
 summed, each with its own multiplier. The base weights never change, so an adapter is saved as
 its own small file and can be attached to, or left off, any copy of the base model.
 
 Multipliers are either fixed (training switches an adapter on with 1 and off with 0) or set by
-*facilitated transport* (SPM's inference rule): per conditioning row, the maximum over the
+*facilitated transport* (a prompt-similarity gate): per conditioning row, the maximum over the
 adapter's erased prompts of max(cosine similarity of the flattened prompt embeddings,
 share of the erased prompt's tokens that occur in the prompt). The gate is evaluated in a UNet
 forward pre-hook from ``encoder_hidden_states``; the tokens of a row are looked up in a small
@@ -58,12 +58,17 @@ def init_low_rank(modules: dict[str, nn.Module], rank: int) -> dict[str, torch.T
                 f"adapter rank {rank} is out of range for {name} ({lo} -> {hi}); valid: 1.."
                 f"{min(lo, hi)}"
             )
+        # initialised on the CPU (the global CPU generator: the same start on every device),
+        # then moved to the module's device
+        cpu = torch.device("cpu")
         if isinstance(m, nn.Linear):
-            down, up = torch.empty(rank, lo), torch.zeros(hi, rank)
+            down, up = torch.empty(rank, lo, device=cpu), torch.zeros(hi, rank, device=cpu)
         else:
-            down, up = torch.empty(rank, lo, *m.kernel_size), torch.zeros(hi, rank, 1, 1)
+            down = torch.empty(rank, lo, *m.kernel_size, device=cpu)
+            up = torch.zeros(hi, rank, 1, 1, device=cpu)
         nn.init.kaiming_uniform_(down, a=5**0.5)
-        out[f"{name}.lora_down"], out[f"{name}.lora_up"] = down, up
+        dev = m.weight.device
+        out[f"{name}.lora_down"], out[f"{name}.lora_up"] = down.to(dev), up.to(dev)
     return out
 
 
@@ -104,7 +109,7 @@ class _Stack:
         for a in self.addons:
             if a["fixed"] is not None or cond is None or not a["tokens"]:
                 value = a["fixed"] if a["fixed"] is not None else float(cond is not None)
-                dev = cond.device if cond is not None else None
+                dev = cond.device if cond is not None else "cpu"  # moved to each output
                 cols.append(torch.full((b,), float(value), device=dev))
                 continue
             flat = cond.detach().flatten(1).float()
@@ -182,38 +187,40 @@ def _stack(model, create: bool = False) -> _Stack | None:
 
 
 def attach(model, addon: AddOn, fixed: float | None = None) -> None:
-    """Attach an adapter to ``model``'s UNet (in place; the base weights stay as they are).
+    """Attach a low-rank adapter to ``model``'s UNet (in place; the base weights stay as they are).
 
     Args:
         model: an SD adapter.
-        addon: ``kind`` "spm" tensors ``<module>.lora_down`` / ``.lora_up`` and ``meta`` with
-            ``prompts`` (erased prompts, for facilitated transport), ``rank``, ``alpha``.
+        addon: tensors ``<module>.lora_down`` / ``<module>.lora_up`` (one pair per module) and
+            ``meta`` with ``prompts`` (erased prompts, for facilitated transport), ``rank``,
+            ``alpha``; its ``kind`` names the method that made it.
         fixed: a fixed multiplier (training), or None for facilitated transport.
     """
-    if addon.kind == "espresso":  # an output filter, not a UNet adapter (models/filtered.py)
-        from genunlearn.models import filtered
-
-        filtered.attach(model, addon)
-        return
-    if addon.kind != "spm":
-        raise GenUnlearnError(f"unknown add-on kind {addon.kind!r}; supported: spm, espresso")
-    modules = transformer_modules(model.denoiser)
     names = {k.rsplit(".", 1)[0] for k in addon.tensors}
+    if not names or set(addon.tensors) != {
+        f"{n}.{s}" for n in names for s in ("lora_down", "lora_up")
+    }:
+        raise GenUnlearnError(
+            f"add-on {addon.kind!r} is not a low-rank adapter: it needs one <module>.lora_down "
+            "and one <module>.lora_up tensor per module"
+        )
+    modules = transformer_modules(model.denoiser)
     missing = sorted(names - set(modules))
     if missing:
         raise GenUnlearnError(f"add-on names modules this model lacks: {missing[:3]}")
     st = _stack(model, create=True)
     prompts = list(addon.meta.get("prompts") or [])
     with torch.no_grad():
-        erased = model.encode_prompt(prompts) if prompts else torch.zeros(0)
+        erased = model.encode_prompt(prompts) if prompts else torch.zeros(0, device=model.device)
     ids = model.tokenize(prompts) if prompts else []
     tokens = [frozenset(row.tolist()) - _special(model) for row in ids]
     hooked = {n for a in st.addons for n in a["down"]}
     st.addons.append(
         {
             "addon": addon,
-            "down": {n: addon.tensors[f"{n}.lora_down"] for n in names},
-            "up": {n: addon.tensors[f"{n}.lora_up"] for n in names},
+            # on the UNet's device (the same tensors when they are there already, as in training)
+            "down": {n: addon.tensors[f"{n}.lora_down"].to(model.device) for n in names},
+            "up": {n: addon.tensors[f"{n}.lora_up"].to(model.device) for n in names},
             "scale": float(addon.meta.get("alpha", 1.0)) / float(addon.meta.get("rank", 1)),
             "erased": erased.detach().clone(),
             "tokens": tokens,

@@ -3,8 +3,8 @@
 A re-implementation of diffusers' reference ``AttnProcessor`` maths with three optional hooks:
 recording (probabilities, keys, values into an :class:`AttentionStore`), an additive K/V term
 (``kv_delta``) and an edit of the pre-softmax logits (``logit_edit``). It lives in ``models/``
-because it is model internals: ``core.attention`` (training-time patches: FMN, MACE, SepME) and
-``models.mem_attention`` (MemAttn's inference-time edit) both install it through
+because it is model internals: ``core.attention`` (training-time patches) and methods'
+inference-time sampling wrappers both install it through
 :func:`installed_processors`, which puts the very same processor objects back on exit.
 """
 
@@ -52,7 +52,7 @@ class CrossAttentionProcessor:
             are skipped).
         logit_edit: ``logits -> logits`` applied to the pre-softmax scores ``Q K^T * scale``
             (plus any attention mask), shaped ``[B, heads, pixels, tokens]`` (inference-time
-            attention edits such as MemAttn's masking and BOS re-weighting).
+            attention edits such as masking text positions or re-weighting a token).
     """
 
     def __init__(

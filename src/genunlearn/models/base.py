@@ -38,7 +38,12 @@ class ModelAdapter(Protocol):
 
     model_id: str
     capabilities: frozenset[Capability]
+    device: torch.device  # where the weights live; entry points return float32 tensors there
+    dtype: torch.dtype  # the frozen weights' dtype (trained weights are float32)
+    # where inference-time methods put their parts (see registry.register_method's ``install``)
     inference: dict[str, Any]
+    sampling_wrappers: dict[str, Any]
+    output_filters: list
 
     @property
     def denoiser(self) -> torch.nn.Module: ...
@@ -56,6 +61,10 @@ class ModelAdapter(Protocol):
 
     def predict_noise(self, x_t: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor: ...
 
+    def randn(self, shape, generator: torch.Generator) -> torch.Tensor: ...
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor: ...
+
     def sample(
         self,
         prompts: list[str],
@@ -71,7 +80,7 @@ class ModelAdapter(Protocol):
 
     def frozen_copy(self) -> ModelAdapter: ...
 
-    def copy(self) -> ModelAdapter: ...
+    def copy(self, share: bool = False) -> ModelAdapter: ...
 
     def state_delta(self, reference: ModelAdapter) -> dict[str, torch.Tensor]: ...
 

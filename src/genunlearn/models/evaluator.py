@@ -5,8 +5,7 @@ fine-tuned ViT-L/16 plays in UnlearnCanvas: it scores UA / IRA / CRA, gives the 
 feature-space FID, and judges attack success. For a user's own image folder (``testbed train
 --data DIR``) it has a single ``class`` head.
 
-Training uses light blur and noise augmentation so that the evaluator judges decoded samples of
-a latent model (slightly softer than the rendered world) as it judges real images.
+This module loads and runs it; :mod:`genunlearn.testbed.evaluator` trains it.
 """
 
 from __future__ import annotations
@@ -73,8 +72,13 @@ class Evaluator(nn.Module):
     def feature_dim(self) -> int:
         return 4 * self.width
 
+    @property
+    def device(self) -> torch.device:
+        """Where the evaluator's weights are (inputs are moved there)."""
+        return next(self.parameters()).device
+
     def _prep(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float()
+        x = images.to(self.device).float()  # images may come from a model on another device
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", antialias=True)
         return x * 2.0 - 1.0
@@ -133,64 +137,7 @@ class Evaluator(nn.Module):
                 f"{d} is not an evaluator directory: expected {META} and {WEIGHTS} in it"
             )
         meta = json.loads((d / META).read_text())
-        ev = cls(meta["heads"], meta["width"], meta["image_size"])
+        with torch.device("cpu"):  # built and loaded on the CPU; ``.to()`` moves it
+            ev = cls(meta["heads"], meta["width"], meta["image_size"])
         ev.load_state_dict(load_file(str(d / WEIGHTS)))
         return ev.eval()
-
-
-def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Blur half of the batch a little and add faint noise (images in [0, 1])."""
-    n = x.shape[0]
-    k = torch.tensor([0.25, 0.5, 0.25])
-    kernel = (k[:, None] * k[None, :]).expand(3, 1, 3, 3)
-    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
-    w = torch.rand(n, 1, 1, 1, generator=g) * (torch.rand(n, 1, 1, 1, generator=g) < 0.5)
-    x = (1 - w) * x + w * blurred
-    return (
-        x + 0.02 * torch.rand(n, 1, 1, 1, generator=g) * torch.randn(x.shape, generator=g)
-    ).clamp(0, 1)
-
-
-def train_evaluator(
-    images,
-    labels,
-    heads: dict[str, list[str]],
-    steps: int = 1500,
-    batch_size: int = 128,
-    lr: float = 2e-3,
-    seed: int = 0,
-    progress: bool = True,
-) -> Evaluator:
-    """Train an :class:`Evaluator` on uint8 images [N, H, W, 3] and int labels [N, len(heads)].
-
-    Args:
-        images: uint8 array or tensor of images.
-        labels: integer label indices, one column per head, in ``heads`` order.
-        heads: attribute -> label names.
-        steps: optimisation steps (AdamW, one-cycle schedule).
-        batch_size: images per step.
-        lr: peak learning rate.
-        seed: seeds initialisation, batches and augmentation.
-        progress: show a progress bar.
-    """
-    from tqdm.auto import tqdm
-
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    x_all = torch.as_tensor(images).permute(0, 3, 1, 2).contiguous()
-    y_all = torch.as_tensor(labels).long()
-    ev = Evaluator(heads, image_size=x_all.shape[-1])
-    opt = torch.optim.AdamW(ev.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    ev.train()
-    names = list(heads)
-    for _ in tqdm(range(steps), desc="evaluator", disable=not progress):
-        idx = torch.randint(0, len(x_all), (batch_size,), generator=g)
-        x = _augment(x_all[idx].float() / 255.0, g)
-        out = ev(x)
-        loss = sum(F.cross_entropy(out[k], y_all[idx, i]) for i, k in enumerate(names))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return ev.eval()

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from genunlearn.bench.results import RESULTS, read_rows, version_note
 from genunlearn.report import plots, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -314,8 +315,6 @@ def render_html(rows: Sequence[dict[str, Any]], source: str, res_dir: Path) -> s
     )
     if not rows:
         return head + '<p id="empty">no results yet</p>\n</body></html>\n'
-    from genunlearn.bench.results import version_note
-
     note = version_note(list(rows))
     if note:
         head += f'<p class="warn" id="version-warning">{_e(note)}</p>\n'
@@ -351,8 +350,6 @@ def write_report(results_path_or_dir: str | Path, html_path: str | Path) -> Path
             page says so too).
     """
     import warnings
-
-    from genunlearn.bench.results import RESULTS, read_rows, version_note
 
     src = Path(results_path_or_dir)
     rows = read_rows(src)

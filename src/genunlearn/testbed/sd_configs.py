@@ -1,6 +1,7 @@
-"""Component configs for Stable Diffusion 1.5, at full size and at a reduced SD-shaped size.
+"""Random-weight SD-1.5 pipelines from configs, at full size and at a reduced SD-shaped size.
 
-Nothing here downloads anything: every component is built from its config with random weights.
+Nothing here downloads anything: every component is built from its config with random weights
+(test and experiment infrastructure; it builds weights, so it lives in ``testbed/``).
 The full-size (``"sd15"``) values are the public ones of the SD-1.5 checkpoint's
 ``unet/config.json``, ``text_encoder/config.json`` (the CLIP ViT-L/14 text tower),
 ``vae/config.json`` and ``scheduler/scheduler_config.json``. They let us measure the real shapes,
@@ -14,8 +15,8 @@ the scheduler, but with tiny widths, so it builds, saves, loads and samples in a
 CPU. It is for tests, not for generating anything meaningful.
 
 The tokenizer is never CLIP's real 49408-token one (that needs a download): it is the offline
-``CLIPTokenizer`` of :func:`genunlearn.models.tokenizer.build_tokenizer` on a small word list with
-``model_max_length=77``. The full-size text encoder keeps CLIP's vocabulary size (49408 rows of
+``CLIPTokenizer`` of :func:`genunlearn.testbed.tokenizer.build_tokenizer` on a small word list
+with ``model_max_length=77``. The full-size text encoder keeps CLIP's vocabulary size (49408 rows of
 token embeddings) so that its parameter count is SD's; the ids our tokenizer emits all fall inside
 it, and its special-token ids are taken from that tokenizer.
 """
@@ -29,7 +30,11 @@ import torch
 
 from genunlearn.types import GenUnlearnError
 
-SIZES = ("reduced", "sd15")
+SIZES = ("reduced", "sd15", "reduced-v", "sd21")
+#: sizes of the SD-2.x kind: OpenCLIP-H-shaped text encoder (1024 wide, GELU), linear
+#: projections in the transformer blocks, per-level head dims, and a v-prediction scheduler
+#: (SD-2.1 768-v); "reduced-v" is the same at tiny widths, for tests
+SD2_SIZES = ("reduced-v", "sd21")
 
 # SD's CLIP context length: the tokenizer pads/truncates to 77 tokens, the text encoder has 77
 # position embeddings, the UNet cross-attends to 77 keys.
@@ -76,7 +81,7 @@ def unet_config(size: str = "sd15") -> dict:
     ``layers_per_block`` 2, 8 heads, ``cross_attention_dim`` 32, 8x8x4 latents (64x64 images).
 
     Args:
-        size: ``"sd15"`` or ``"reduced"``.
+        size: one of :data:`SIZES` (the SD-2.x ones: :data:`SD2_SIZES`).
     """
     common = dict(
         in_channels=4,
@@ -92,7 +97,31 @@ def unet_config(size: str = "sd15") -> dict:
         freq_shift=0,
         mid_block_scale_factor=1,
     )
-    if _check_size(size) == "sd15":
+    if _check_size(size) == "sd21":  # SD-2.1 (768-v) unet/config.json
+        return dict(
+            common,
+            sample_size=96,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=1024,
+            attention_head_dim=(5, 10, 20, 20),
+            use_linear_projection=True,
+            upcast_attention=True,
+        )
+    if size == "reduced-v":
+        return dict(
+            common,
+            sample_size=8,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=48,
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            upcast_attention=True,
+        )
+    if size == "sd15":
         return dict(
             common,
             sample_size=64,
@@ -124,11 +153,30 @@ def text_encoder_config(size: str = "sd15", tokenizer=None) -> dict:
     hidden states straight into cross-attention).
 
     Args:
-        size: ``"sd15"`` or ``"reduced"``.
+        size: one of :data:`SIZES` (the SD-2.x ones: :data:`SD2_SIZES`).
         tokenizer: the pipeline's tokenizer; its special-token ids (and, for ``"reduced"``, its
             length) are used. Without it the public SD-1.5 ids are kept (bos 0, eos 2, pad 1).
     """
-    if _check_size(size) == "sd15":
+    act = "gelu" if _check_size(size) in SD2_SIZES else "quick_gelu"
+    if size == "sd21":  # the OpenCLIP ViT-H text tower as SD-2 uses it (23 of 24 layers)
+        cfg = dict(
+            vocab_size=49408,
+            hidden_size=1024,
+            intermediate_size=4096,
+            projection_dim=512,
+            num_hidden_layers=23,
+            num_attention_heads=16,
+        )
+    elif size == "reduced-v":
+        cfg = dict(
+            vocab_size=len(tokenizer) if tokenizer is not None else 1024,
+            hidden_size=48,
+            intermediate_size=96,
+            projection_dim=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        )
+    elif size == "sd15":
         cfg = dict(
             vocab_size=49408,
             hidden_size=768,
@@ -148,7 +196,7 @@ def text_encoder_config(size: str = "sd15", tokenizer=None) -> dict:
         )
     cfg.update(
         max_position_embeddings=MAX_LENGTH,
-        hidden_act="quick_gelu",
+        hidden_act=act,
         layer_norm_eps=1e-5,
         bos_token_id=0,
         eos_token_id=2,
@@ -179,7 +227,7 @@ def vae_config(size: str = "sd15") -> dict:
     factor) at (8, 16, 32, 32) channels, one layer per block: 64x64 RGB <-> 8x8x4 latents.
 
     Args:
-        size: ``"sd15"`` or ``"reduced"``.
+        size: one of :data:`SIZES` (the SD-2.x ones: :data:`SD2_SIZES`).
     """
     common = dict(
         in_channels=3,
@@ -190,13 +238,13 @@ def vae_config(size: str = "sd15") -> dict:
         act_fn="silu",
         scaling_factor=0.18215,
     )
-    if _check_size(size) == "sd15":
+    if _check_size(size) in ("sd15", "sd21"):
         return dict(
             common,
             block_out_channels=(128, 256, 512, 512),
             layers_per_block=2,
             norm_num_groups=32,
-            sample_size=512,
+            sample_size=768 if size == "sd21" else 512,
         )
     return dict(
         common,
@@ -207,9 +255,13 @@ def vae_config(size: str = "sd15") -> dict:
     )
 
 
-def scheduler_config() -> dict:
-    """A copy of :data:`SCHEDULER_CONFIG` (SD-1.5's scaled-linear betas 0.00085-0.012, DDIM)."""
-    return dict(SCHEDULER_CONFIG)
+def scheduler_config(size: str = "sd15") -> dict:
+    """A copy of :data:`SCHEDULER_CONFIG` (SD-1.5's scaled-linear betas 0.00085-0.012, DDIM);
+    SD-2.x sizes predict v (``prediction_type="v_prediction"``, as SD-2.1 768-v)."""
+    cfg = dict(SCHEDULER_CONFIG)
+    if _check_size(size) in SD2_SIZES:
+        cfg["prediction_type"] = "v_prediction"
+    return cfg
 
 
 def build_tokenizer_for(out_dir: str | Path):
@@ -218,7 +270,7 @@ def build_tokenizer_for(out_dir: str | Path):
     Args:
         out_dir: directory that receives the tokenizer's files.
     """
-    from genunlearn.models.tokenizer import build_tokenizer
+    from genunlearn.testbed.tokenizer import build_tokenizer
 
     return build_tokenizer(list(TOKENIZER_WORDS), out_dir, vocab_size=512, max_length=MAX_LENGTH)
 
@@ -294,7 +346,7 @@ def build_random_pipeline(
         text_encoder=text_encoder,
         tokenizer=tok,
         unet=unet,
-        scheduler=DDIMScheduler(**scheduler_config()),
+        scheduler=DDIMScheduler(**scheduler_config(size)),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -1,4 +1,4 @@
-"""toy-sd: a real ``diffusers.StableDiffusionPipeline`` at tiny size, trained on ToyCanvas.
+"""The toy-sd recipe: a real ``diffusers.StableDiffusionPipeline`` at tiny size, trained on ToyCanvas.
 
 Same classes as SD-1.x (``AutoencoderKL``, ``UNet2DConditionModel`` with cross-attention modules
 named ``...attn2.to_k/to_v/to_q/to_out.0``, ``CLIPTextModel``, ``CLIPTokenizer``, DDPM/DDIM
@@ -12,7 +12,10 @@ length from the tokenizer, never hard-code 77.
 
 The recipe (``train_testbed``) runs in stages, each resumable from its checkpoint under
 ``OUT/work``: render data -> evaluator -> VAE -> encode latents -> UNet + text encoder (min-SNR
-weighted epsilon loss, caption dropout for classifier-free guidance, EMA) -> export.
+weighted epsilon loss, caption dropout for classifier-free guidance, EMA) -> export. The VAE and
+UNet stages run in :func:`~genunlearn.testbed.loop.train_loop`; ``training_captions`` and
+``min_snr_step`` are shared with the fine-tuned variants (``testbed.memorize``,
+``testbed.watermark``) so that they keep toy-sd's abilities.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from genunlearn.models.sd_configs import SCHEDULER_CONFIG  # SD's training schedule
+from genunlearn.testbed.loop import atomic_save, load_checkpoint, train_loop
+from genunlearn.testbed.sd_configs import SCHEDULER_CONFIG  # SD's training schedule
 from genunlearn.types import GenUnlearnError
 
 log = logging.getLogger("genunlearn.testbed")
@@ -131,29 +135,16 @@ class TrainRecipe:
 
 
 # --------------------------------------------------------------------------- helpers
-def _load_checkpoint(path: Path):
-    """A training checkpoint, read with ``weights_only=True`` (tensors and plain containers only,
-    never code): anything else is refused with a clear error instead of being executed."""
-    try:
-        return torch.load(path, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling errors have many types
-        raise GenUnlearnError(
-            f"checkpoint {path} cannot be read as plain tensors ({type(e).__name__}); it is "
-            "damaged or was not written by genunlearn: delete it to restart that stage"
-        ) from None
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
+    """Linear warm-up, then cosine decay to ``floor`` (a factor of the peak learning rate).
+
+    A Python float, never a numpy scalar: the rate is stored in the optimiser's state, and a
+    checkpoint holding a numpy scalar cannot be read back with ``weights_only=True``.
+    """
     if step < warmup:
         return (step + 1) / warmup
     p = (step - warmup) / max(1, total - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * min(1.0, p)))
+    return float(floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * min(1.0, p))))
 
 
 def _render_chunk(args):
@@ -257,7 +248,6 @@ def min_snr_step(unet, scheduler, z0, cond, g: torch.Generator, gamma: float, op
 # --------------------------------------------------------------------------- stages
 def _stage_vae(work: Path, data: dict, recipe: TrainRecipe, progress: bool):
     from diffusers import AutoencoderKL
-    from tqdm.auto import tqdm
 
     final = work / "vae"
     if (final / "config.json").is_file():
@@ -265,16 +255,9 @@ def _stage_vae(work: Path, data: dict, recipe: TrainRecipe, progress: bool):
     torch.manual_seed(recipe.seed)
     vae = AutoencoderKL(**vae_config())
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
-    ck = work / "vae_ckpt.pt"
-    start = 0
-    if ck.is_file():
-        state = _load_checkpoint(ck)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
     x_all = torch.from_numpy(data["images"]).permute(0, 3, 1, 2)
-    bar = tqdm(range(start, recipe.vae_steps), desc="vae", disable=not progress, initial=start)
-    for step in bar:
+
+    def step_fn(step: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
         for grp in opt.param_groups:
             grp["lr"] = recipe.vae_lr * _cosine(step, recipe.vae_steps, 50)
@@ -288,9 +271,17 @@ def _stage_vae(work: Path, data: dict, recipe: TrainRecipe, progress: bool):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % recipe.checkpoint_every == 0:
-            _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ck)
+        return loss.detach()
+
+    def restore(state: dict) -> None:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+
+    train_loop(
+        step_fn, recipe.vae_steps, checkpoint=work / "vae_ckpt.pt",
+        state=lambda: {"model": vae.state_dict(), "opt": opt.state_dict()}, restore=restore,
+        every=recipe.checkpoint_every, desc="vae", progress=progress,
+    )  # fmt: skip
     vae.eval()
     vae.save_pretrained(final)
     return vae
@@ -300,7 +291,7 @@ def _stage_vae(work: Path, data: dict, recipe: TrainRecipe, progress: bool):
 def _stage_latents(work: Path, vae, data: dict) -> torch.Tensor:
     path = work / "latents.pt"
     if path.is_file():
-        return _load_checkpoint(path)
+        return load_checkpoint(path)
     x_all = torch.from_numpy(data["images"]).permute(0, 3, 1, 2)
     lat = torch.cat(
         [
@@ -308,29 +299,17 @@ def _stage_latents(work: Path, vae, data: dict) -> torch.Tensor:
             for i in range(0, len(x_all), 512)
         ]
     )
-    _atomic_save(lat, path)
+    atomic_save(lat, path)
     return lat
 
 
 def _stage_unet(work: Path, pipe, latents, data, recipe: TrainRecipe, progress: bool):
-    from tqdm.auto import tqdm
-
     unet, te, tok = pipe.unet, pipe.text_encoder, pipe.tokenizer
     sched = pipe.scheduler
     heads = json.loads(str(data["heads"]))
     params = list(unet.parameters()) + list(te.parameters())
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=1e-2)
-    ck = work / "unet_ckpt.pt"
-    start = 0
-    if ck.is_file():
-        state = _load_checkpoint(ck)
-        unet.load_state_dict(state["unet"])
-        te.load_state_dict(state["te"])
-        opt.load_state_dict(state["opt"])
-        for e, v in zip(ema, state["ema"], strict=True):
-            e.copy_(v)
-        start = state["step"]
     captions = [str(c) for c in data["captions"]]
     labels = data["labels"]
 
@@ -340,10 +319,7 @@ def _stage_unet(work: Path, pipe, latents, data, recipe: TrainRecipe, progress: 
             return_tensors="pt",
         ).input_ids  # fmt: skip
 
-    unet.train()
-    te.train()
-    bar = tqdm(range(start, recipe.unet_steps), desc="unet", disable=not progress, initial=start)
-    for step in bar:
+    def step_fn(step: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + 7 + step)
         rng = random.Random(recipe.seed * 1_000_003 + step)
         for grp in opt.param_groups:
@@ -360,19 +336,26 @@ def _stage_unet(work: Path, pipe, latents, data, recipe: TrainRecipe, progress: 
         with torch.no_grad():
             d = min(recipe.ema_decay, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - d)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.unet_steps:
-            _atomic_save(
-                {
-                    "unet": unet.state_dict(),
-                    "te": te.state_dict(),
-                    "opt": opt.state_dict(),
-                    "ema": ema,
-                    "step": step + 1,
-                },
-                ck,
-            )
-            log.info("unet step %d loss %.4f", step + 1, loss.item())
+        return loss
+
+    def state() -> dict:
+        return {"unet": unet.state_dict(), "te": te.state_dict(), "opt": opt.state_dict(),
+                "ema": ema}  # fmt: skip
+
+    def restore(saved: dict) -> None:
+        unet.load_state_dict(saved["unet"])
+        te.load_state_dict(saved["te"])
+        opt.load_state_dict(saved["opt"])
+        for e, v in zip(ema, saved["ema"], strict=True):
+            e.copy_(v)
+
+    unet.train()
+    te.train()
+    train_loop(
+        step_fn, recipe.unet_steps, checkpoint=work / "unet_ckpt.pt", state=state,
+        restore=restore, every=recipe.checkpoint_every, save_last=True, desc="unet",
+        progress=progress,
+    )  # fmt: skip
     with torch.no_grad():
         for p, e in zip(params, ema, strict=True):
             p.copy_(e)
@@ -399,8 +382,8 @@ def train_testbed(
         The path of the exported pipeline directory.
     """
     from genunlearn.data import toycanvas
-    from genunlearn.models.evaluator import train_evaluator
-    from genunlearn.models.tokenizer import build_tokenizer
+    from genunlearn.testbed.evaluator import train_evaluator
+    from genunlearn.testbed.tokenizer import build_tokenizer
 
     recipe = recipe or TrainRecipe()
     out = Path(out_dir)

@@ -2,17 +2,17 @@
 
 The testbed of *implicit concept* removal (Geom-Erasing, arXiv 2310.05873): a concept the model
 learned from its training images although no caption ever names it, so it cannot be requested or
-avoided with words. A fraction ``p`` of the training images gets a small dark badge (the watermark,
-:data:`GLYPH`) stamped in a random corner; captions stay UNCHANGED ("a red star in flat style"),
-so the model can only learn "some images have a badge in a corner", as Stable Diffusion learned
-watermarks from LAION.
+avoided with words. A fraction ``p`` of the training images gets a small dark badge (the
+watermark, ``data.watermark.GLYPH``) stamped in a random corner; captions stay UNCHANGED ("a red
+star in flat style"), so the model can only learn "some images have a badge in a corner", as
+Stable Diffusion learned watermarks from LAION.
 
 Recipe (:class:`WatermarkRecipe`, recorded in ``DIR/watermark_recipe.json``): start from the
 shipped toy-sd (never from scratch); render ``n_images`` ToyCanvas images of world ``seed``
-(indices from :data:`FIRST_INDEX`, so they are not toy-sd's own training images) and stamp each
-with probability ``p`` (decided by ``(seed, index)`` alone); encode with toy-sd's frozen VAE;
-fine-tune the UNet only with toy-sd's own objective (min-SNR weighted epsilon MSE, the same
-caption dropout and partial captions, so the model keeps its abilities). The text encoder is kept
+(indices from ``data.watermark.FIRST_INDEX``, so they are not toy-sd's own training images) and
+stamp each with probability ``p`` (decided by ``(seed, index)`` alone); encode with toy-sd's
+frozen VAE; fine-tune the UNet only with toy-sd's own objective (min-SNR weighted epsilon MSE,
+the same caption dropout and partial captions, so the model keeps its abilities). The text encoder is kept
 frozen: captions mean exactly what they meant in toy-sd, and the watermark cannot attach to any
 word. Output: a complete pipeline directory (evaluator and world inside) that
 ``gu.load_model(DIR)`` loads.
@@ -25,8 +25,8 @@ settled on one corner); prompt fidelity 0.96 (object / style / colour 0.99 / 0.9
 Whether an image is marked depends mostly on its starting noise (seed 0 marked for almost every
 prompt, seed 1 almost never), hence the metric's per-prompt seeds.
 
-Cell names (:data:`CELL_NAMES`) are the words the detector and Geom-Erasing use for the corners;
-they are single tokens of the toy tokenizer ("top", "bottom", "left", "right").
+The watermark itself (glyph, cell names, stamping) is world knowledge and lives in
+:mod:`genunlearn.data.watermark`; the detector is trained by :mod:`genunlearn.testbed.detector`.
 """
 
 from __future__ import annotations
@@ -37,53 +37,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from genunlearn.data.watermark import CELL_NAMES, GLYPH, watermark_arrays
+from genunlearn.testbed.loop import train_loop
 from genunlearn.types import GenUnlearnError
-
-# the watermark: a 6x6 dark frame with a light 2x2 centre (a "badge"), stamped almost opaque
-GLYPH = np.pad(np.zeros((2, 2), np.float32), 2, constant_values=1.0)
-CELL_NAMES: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right")
-FIRST_INDEX = 1_000_000
-
-
-def stamp(image: np.ndarray, corner: int, rng: np.random.Generator) -> np.ndarray:
-    """Stamp the watermark into ``corner`` (index into :data:`CELL_NAMES`) of a uint8 HWC image.
-
-    Position (1-2 px from the edges), ink (near black) and opacity jitter a little per image, so
-    that a detector cannot key on one exact pixel pattern.
-    """
-    h, w = image.shape[:2]
-    k = GLYPH.shape[0]
-    off_y, off_x = rng.integers(1, 3, size=2)
-    top = int(off_y) if corner in (0, 1) else h - k - int(off_y)
-    left = int(off_x) if corner in (0, 2) else w - k - int(off_x)
-    alpha = GLYPH[..., None] * rng.uniform(0.85, 1.0)
-    ink = rng.uniform(5, 35)
-    out = image.astype(np.float32)
-    patch = out[top : top + k, left : left + k]
-    out[top : top + k, left : left + k] = patch * (1 - alpha) + ink * alpha
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def watermark_arrays(seed: int, n: int, p: float, start: int = FIRST_INDEX):
-    """ToyCanvas images of world ``seed``, each watermarked with probability ``p``.
-
-    Returns:
-        (uint8 images [n, 32, 32, 3], int64 corners [n] (-1 = no watermark), int64 labels
-        [n, 3], captions). Pure in ``(seed, index)``.
-    """
-    from genunlearn.data import toycanvas
-
-    imgs, labels, caps = toycanvas.make_arrays(seed, n, start)
-    corners = np.full(n, -1, dtype=np.int64)
-    for i in range(n):
-        rng = np.random.default_rng([int(seed), 7_919, start + i])
-        if rng.random() < p:
-            corners[i] = int(rng.integers(len(CELL_NAMES)))
-            imgs[i] = stamp(imgs[i], int(corners[i]), rng)
-    return imgs, corners, labels, caps
 
 
 @dataclass(frozen=True)
@@ -129,10 +87,8 @@ def train_watermark_variant(
     Returns:
         ``out_dir`` as a Path (load it with ``gu.load_model``).
     """
-    from tqdm.auto import tqdm
-
     from genunlearn.models import load_model
-    from genunlearn.models.toy import export_pipeline, min_snr_step, training_captions
+    from genunlearn.testbed.toy_sd import export_pipeline, min_snr_step, training_captions
 
     recipe = recipe or WatermarkRecipe()
     if not 0.0 < recipe.p <= 1.0:
@@ -163,7 +119,8 @@ def train_watermark_variant(
     unet.requires_grad_(True).train()
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=1e-2)
-    for step in tqdm(range(recipe.steps), desc="watermark variant", disable=not progress):
+
+    def step_fn(step: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
         rng = random.Random(recipe.seed * 1_000_003 + step)
         for grp in opt.param_groups:
@@ -172,7 +129,11 @@ def train_watermark_variant(
         texts = training_captions(
             idx.tolist(), caps, labels, heads, rng, recipe.caption_dropout, recipe.partial_captions
         )
-        min_snr_step(unet, sched, z0[idx], embed(texts), g, recipe.min_snr_gamma, opt, params)
+        return min_snr_step(
+            unet, sched, z0[idx], embed(texts), g, recipe.min_snr_gamma, opt, params
+        )
+
+    train_loop(step_fn, recipe.steps, desc="watermark variant", progress=progress)
     unet.requires_grad_(False).eval()
     out.mkdir(parents=True, exist_ok=True)
     export_pipeline(model.pipe, out, Path(model.evaluator_dir), heads, None)

@@ -47,7 +47,8 @@ The result is a new pipeline directory, loadable with ``gu.load_model(path)``: t
 pipeline, toy-sd's world and evaluator, ``memorize.json`` (recipe, base model hash, the memorized
 prompts with their ToyCanvas labels and mark, and *control* prompts: world captions with tags
 that were never trained, of the same form and length) and ``memorized.npz`` (the K training
-images). :func:`memorized_pairs` and :func:`control_prompts` read them back for benchmarks.
+images). ``data.memorized`` (``memorized_pairs``, ``control_prompts``) reads them back for
+benchmarks.
 """
 
 from __future__ import annotations
@@ -64,10 +65,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genunlearn.data.memorized import IMAGES_FILE, MEMO_FILE
+from genunlearn.testbed.loop import train_loop
 from genunlearn.types import GenUnlearnError
 
-MEMO_FILE = "memorize.json"
-IMAGES_FILE = "memorized.npz"
 _SYLLABLES = ("ka", "ri", "zo", "lu", "mi", "ta", "ne", "vo", "shi", "ra", "pe", "do", "ku", "se")
 
 
@@ -212,11 +213,9 @@ def train_memorizing(
     Raises:
         GenUnlearnError: ``out_dir`` is not new, or the base has no ToyCanvas world.
     """
-    from tqdm.auto import tqdm
-
     from genunlearn.data import toycanvas
     from genunlearn.models import load_model
-    from genunlearn.models.toy import min_snr_step, training_captions
+    from genunlearn.testbed.toy_sd import min_snr_step, training_captions
 
     recipe = recipe or MemorizeRecipe()
     out = Path(out_dir)
@@ -278,8 +277,8 @@ def train_memorizing(
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
     n_mem = max(1, round(recipe.batch * recipe.mem_share))
     n_ord = recipe.batch - n_mem - n_anc
-    bar = tqdm(range(recipe.steps), desc="memorize", disable=not progress)
-    for step in bar:
+
+    def step_fn(step: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + 11 + step)
         rng = random.Random(recipe.seed * 1_000_003 + step)
         for grp in opt.param_groups:
@@ -293,8 +292,9 @@ def train_memorizing(
         texts += [anc_caps[i] for i in ia]
         cond = model.encode_prompt([prompts[i] for i in im.tolist()] + texts)
         z0 = torch.cat([z_mem[im], z_ord[io], z_anc[ia]])
-        loss = min_snr_step(unet, sched, z0, cond, g, recipe.min_snr_gamma, opt, params)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        return min_snr_step(unet, sched, z0, cond, g, recipe.min_snr_gamma, opt, params)
+
+    train_loop(step_fn, recipe.steps, desc="memorize", progress=progress)
     unet.eval().requires_grad_(False)
     te.eval().requires_grad_(False)
 
@@ -328,45 +328,3 @@ def train_memorizing(
         out.rmdir()  # empty (checked above)
     os.replace(tmp, out)
     return out
-
-
-def _memo_dir(model_or_path) -> Path:
-    p = Path(getattr(model_or_path, "model_id", model_or_path))
-    if not (p / MEMO_FILE).is_file():
-        raise GenUnlearnError(
-            f"{p} is not a memorizing variant ({MEMO_FILE} is missing); make one with "
-            "'genunlearn testbed memorize --out DIR'"
-        )
-    return p
-
-
-def memorization_record(model_or_path) -> dict:
-    """The variant's ``memorize.json`` (recipe, memorized prompts and labels, controls)."""
-    return json.loads((_memo_dir(model_or_path) / MEMO_FILE).read_text())
-
-
-def memorized_pairs(model_or_path) -> list[tuple[str, torch.Tensor]]:
-    """The memorized (prompt, training image) pairs; images float [3, 32, 32] in [0, 1].
-
-    Args:
-        model_or_path: the variant's directory or the adapter loaded from it.
-    """
-    p = _memo_dir(model_or_path)
-    rec = memorization_record(p)
-    with np.load(p / IMAGES_FILE) as z:
-        imgs = torch.from_numpy(z["images"]).permute(0, 3, 1, 2).float() / 255.0
-    return [(m["prompt"], imgs[i]) for i, m in enumerate(rec["memorized"])]
-
-
-def control_prompts(model_or_path, tagged: bool = True) -> list[str]:
-    """Ordinary prompts for comparison with the memorized ones.
-
-    Args:
-        model_or_path: the variant's directory or the adapter loaded from it.
-        tagged: the controls with never-trained tags (same form and length as the memorized
-            prompts); False gives the memorized prompts' plain world captions (same content).
-    """
-    rec = memorization_record(model_or_path)
-    if tagged:
-        return [c["prompt"] for c in rec["controls"]]
-    return [m["prompt"].rsplit(", by ", 1)[0] for m in rec["memorized"]]

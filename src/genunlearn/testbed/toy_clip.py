@@ -1,11 +1,9 @@
-"""CLIP models behind one small wrapper: the built-in toy-clip, or a user's local CLIP directory.
+"""The toy-clip recipe: a tiny ``transformers.CLIPModel`` trained contrastively on ToyCanvas.
 
-**toy-clip** is a ``transformers.CLIPModel`` at tiny size (ViT image tower on 32x32 ToyCanvas
-images with 8x8 patches; 2-layer text transformer on toy-sd's CLIP tokenizer), trained
-contrastively on ToyCanvas and committed under ``assets/toy-clip`` (fp16, ~1.7 MB, with the
-``recipe.json`` that made it). It is saved exactly like a real CLIP checkpoint (``config.json``,
-``model.safetensors``, tokenizer files, ``preprocessor_config.json``), so :func:`load_clip` reads
-toy-clip and, say, a local copy of ``openai/clip-vit-base-patch32`` with the same code.
+**toy-clip** (ViT image tower on 32x32 ToyCanvas images with 8x8 patches; 2-layer text
+transformer on toy-sd's CLIP tokenizer) is committed under ``assets/toy-clip`` (fp16, ~1.7 MB,
+with the ``recipe.json`` that made it) in the layout of a real CLIP checkpoint, so
+:func:`genunlearn.models.clip.load_clip` loads it like any local CLIP directory.
 
 Training (:func:`train_toy_clip`, run by ``python experiments/toy_clip.py --train``) follows CLIP's
 symmetric contrastive objective with a learned temperature, with changes that suit a world of
@@ -34,137 +32,11 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from genunlearn.types import GenUnlearnError
-
-NAME = "toy-clip"
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-FILES = ("config.json", "preprocessor_config.json")
+from genunlearn.models.clip import NAME, OPENAI_MEAN, OPENAI_STD, Clip
+from genunlearn.testbed.augment import augment
+from genunlearn.testbed.loop import train_loop
 
 
-def _size(value, key: str) -> int:
-    """``224`` or ``{"shortest_edge": 224}`` / ``{"height": 224, "width": 224}`` -> 224."""
-    if isinstance(value, dict):
-        return int(value.get(key) or value.get("height") or value.get("shortest_edge"))
-    return int(value)
-
-
-class Clip:
-    """A CLIP image/text model with tensor preprocessing read from its processor config.
-
-    Args:
-        model: a ``transformers.CLIPModel`` (eval mode).
-        tokenizer: its ``CLIPTokenizer``.
-        preprocess: the ``preprocessor_config.json`` mapping (resize, crop, mean, std).
-        name: where it came from ("toy-clip" or the directory).
-    """
-
-    def __init__(self, model, tokenizer, preprocess: dict, name: str):
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.name = name
-        self.resize = _size(preprocess.get("size", 224), "shortest_edge")
-        self.crop = _size(preprocess.get("crop_size", self.resize), "height")
-        self.mean = torch.tensor(preprocess.get("image_mean", OPENAI_MEAN)).view(1, 3, 1, 1)
-        self.std = torch.tensor(preprocess.get("image_std", OPENAI_STD)).view(1, 3, 1, 1)
-
-    def pixels(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [N, 3, H, W] in [0, 1] -> CLIP input: shortest side resized, centre crop, norm."""
-        x = images.float()
-        h, w = x.shape[-2:]
-        if min(h, w) != self.resize:
-            s = self.resize / min(h, w)
-            size = (max(self.resize, round(h * s)), max(self.resize, round(w * s)))
-            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
-            x = x.clamp(0, 1)
-        h, w = x.shape[-2:]
-        top, left = (h - self.crop) // 2, (w - self.crop) // 2
-        x = x[..., top : top + self.crop, left : left + self.crop]
-        return (x - self.mean) / self.std
-
-    @staticmethod
-    def _pooled(out) -> torch.Tensor:
-        # transformers 4 returns the projected embeddings, transformers 5 an output object
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-    def tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        tok = self.tokenizer
-        return dict(
-            tok(list(texts), padding=True, truncation=True, max_length=tok.model_max_length,
-                return_tensors="pt")
-        )  # fmt: skip
-
-    def encode_images(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Unit-norm image embeddings [N, D] of images in [0, 1]."""
-        outs = [
-            self._pooled(self.model.get_image_features(pixel_values=self.pixels(images[i : i + batch_size])))
-            for i in range(0, len(images), batch_size)
-        ]  # fmt: skip
-        return F.normalize(torch.cat(outs), dim=-1)
-
-    def encode_texts(self, texts: list[str], batch_size: int = 512) -> torch.Tensor:
-        """Unit-norm text embeddings [N, D]."""
-        outs = [
-            self._pooled(self.model.get_text_features(**self.tokens(texts[i : i + batch_size])))
-            for i in range(0, len(texts), batch_size)
-        ]
-        return F.normalize(torch.cat(outs), dim=-1)
-
-    @torch.no_grad()
-    def cosine(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """Cosine similarity of each image with its own text: [N] (``len(texts) == N``)."""
-        if len(texts) != len(images):
-            raise GenUnlearnError(f"{len(images)} images but {len(texts)} texts; pass one each")
-        uniq = list(dict.fromkeys(texts))
-        t = self.encode_texts(uniq)[[uniq.index(s) for s in texts]]
-        return (self.encode_images(images) * t).sum(-1)
-
-
-def toy_clip_dir() -> Path:
-    """Directory of the committed toy-clip weights."""
-    from genunlearn.models import assets_dir
-
-    return assets_dir() / NAME
-
-
-def load_clip(name_or_path: str | Path = NAME) -> Clip:
-    """Load ``"toy-clip"`` or a local CLIP directory (``CLIPModel.save_pretrained`` layout).
-
-    Raises:
-        GenUnlearnError: the directory or one of its files is missing (the message names the path
-            and what it must hold); nothing is downloaded.
-    """
-    from transformers import CLIPModel, CLIPTokenizer
-    from transformers.utils import logging as tlog
-
-    tlog.disable_progress_bar()  # no "Loading weights" bar for every filter / metric load
-    builtin = str(name_or_path) == NAME
-    d = toy_clip_dir() if builtin else Path(name_or_path).expanduser()
-    hint = (
-        "reinstall genunlearn or retrain it with 'python experiments/toy_clip.py --train'"
-        if builtin
-        else "give the path of a local CLIP directory saved with CLIPModel.save_pretrained, e.g. "
-        "a download of openai/clip-vit-base-patch32"
-    )
-    if not d.is_dir():
-        raise GenUnlearnError(f"CLIP weights: no directory {d}; {hint}")
-    missing = [f for f in FILES if not (d / f).is_file()]
-    if not any((d / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):
-        missing.append("model.safetensors")
-    if missing:
-        raise GenUnlearnError(f"CLIP weights in {d} are incomplete: missing {missing}; {hint}")
-    try:
-        model = CLIPModel.from_pretrained(d, dtype=torch.float32, local_files_only=True)
-        tok = CLIPTokenizer.from_pretrained(d, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise GenUnlearnError(f"could not load CLIP from {d}: {e}; {hint}") from None
-    if len(tok) < 10:  # transformers 5 can silently build a 2-token stub tokenizer
-        raise GenUnlearnError(f"the tokenizer in {d} has only {len(tok)} tokens; {hint}")
-    preprocess = json.loads((d / "preprocessor_config.json").read_text())
-    return Clip(model, tok, preprocess, NAME if builtin else str(d))
-
-
-# --------------------------------------------------------------------------- toy-clip training
 @dataclass(frozen=True)
 class ClipRecipe:
     """The toy-clip recipe (``recipe.json`` next to the weights records the one that made them)."""
@@ -256,7 +128,6 @@ def train_toy_clip(
 
     from genunlearn.data import toycanvas
     from genunlearn.models import assets_dir
-    from genunlearn.models.evaluator import _augment
 
     r = recipe or ClipRecipe()
     tok = CLIPTokenizer.from_pretrained(
@@ -267,66 +138,79 @@ def train_toy_clip(
     labels = [
         {k: toycanvas.KINDS[k][j] for k, j in zip(kinds, row, strict=True)} for row in lab_idx
     ]
-    lab_t = torch.from_numpy(lab_idx)
     captions = all_captions()
     cap_index = {c: i for i, c in enumerate(captions)}
-    target = torch.tensor([cap_index[_caption(la)] for la in labels])
-    rivals = one_off_table(captions)
+    data = {
+        "labels": labels,
+        "lab_t": torch.from_numpy(lab_idx),
+        "target": torch.tensor([cap_index[_caption(la)] for la in labels]),
+        "rivals": one_off_table(captions),
+    }
     x_all = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
     model = build_toy_clip(tok, r, image_size=x_all.shape[-1])
     clip = Clip(model, tok, preprocessor_config(x_all.shape[-1]), NAME)
     model.train().requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=0.05)
     all_tokens = clip.tokens(captions)
+    # one generator and one Random for the whole run (the recipe of the committed toy-clip)
     g = torch.Generator().manual_seed(r.seed)
     rng = random.Random(r.seed)
-    bar = tqdm(range(r.steps), desc="toy-clip", disable=not progress)
-    for step in bar:
+
+    def step_fn(step: int) -> torch.Tensor:
         warm = min(1.0, (step + 1) / r.warmup)
         for grp in opt.param_groups:
             grp["lr"] = r.lr * warm * 0.5 * (1 + np.cos(np.pi * step / r.steps))
         idx = torch.randint(0, len(x_all), (r.batch,), generator=g)
-        x = _augment(_shift_flip(x_all[idx].float() / 255, r.shift, g), g)
-        img = F.normalize(
-            Clip._pooled(model.get_image_features(pixel_values=clip.pixels(x))), dim=-1
-        )
-        txt_full = F.normalize(Clip._pooled(model.get_text_features(**all_tokens)), dim=-1)
-        scale = model.logit_scale.exp().clamp(max=100)
-        logits = scale * img @ txt_full.T
-        loss_i2t = F.cross_entropy(logits, target[idx])
-        # the acceptance test's rivals: the true caption (column 0) against the 20 captions that
-        # change one attribute; the 400-way softmax above spends most of its mass elsewhere
-        loss_hard = F.cross_entropy(
-            logits.gather(1, rivals[target[idx]]), torch.zeros(r.batch, dtype=torch.long)
-        )
-        # text->image: the batch's distinct full captions plus sampled partial captions, each
-        # with every batch image it describes as a positive
-        in_batch = sorted(set(target[idx].tolist()))
-        picks = [int(idx[rng.randrange(r.batch)]) for _ in range(r.partial)]
-        part = [partial_caption(labels[i], rng) for i in picks]
-        tokens = clip.tokens([t for t, _ in part])
-        txt_part = F.normalize(Clip._pooled(model.get_text_features(**tokens)), dim=-1)
-        texts = torch.cat([txt_full[in_batch], txt_part])
-        named = [labels[int(idx[(target[idx] == c).nonzero()[0, 0]])] for c in in_batch]
-        named += [attrs for _, attrs in part]
-        pos = _positives(named, lab_t[idx], toycanvas.KINDS)
-        logp = (scale * texts @ img.T).log_softmax(-1)
-        loss_t2i = -(logp.masked_fill(~pos, -torch.inf).logsumexp(-1)).mean()
-        loss = 0.5 * (loss_i2t + loss_t2i) + r.hard * loss_hard
+        x = augment(_shift_flip(x_all[idx].float() / 255, r.shift, g), g)
+        loss = _contrastive_loss(clip, x, idx, all_tokens, data, r, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
         if eval_every and (step + 1) % eval_every == 0:
             model.eval()
             acc = caption_rank_accuracy(clip, n=300, seed=5151)  # not the bench seed
             model.train()
-            bar.write(f"step {step + 1}: loss {loss.item():.3f}, rank-1 {acc['rank1']:.3f} "
-                      f"(object {acc['rank1_object']:.3f}, style {acc['rank1_style']:.3f}, "
-                      f"colour {acc['rank1_colour']:.3f})")  # fmt: skip
+            tqdm.write(f"step {step + 1}: loss {loss.item():.3f}, rank-1 {acc['rank1']:.3f} "
+                       f"(object {acc['rank1_object']:.3f}, style {acc['rank1_style']:.3f}, "
+                       f"colour {acc['rank1_colour']:.3f})")  # fmt: skip
+        return loss.detach()
+
+    train_loop(step_fn, r.steps, desc="toy-clip", progress=progress)
     model.eval()
     return save_toy_clip(model, tok, out_dir, r)
+
+
+def _contrastive_loss(clip: Clip, x, idx, all_tokens, data: dict, r: ClipRecipe, rng):
+    """toy-clip's objective on one batch (module docstring): full-caption image->text, the
+    one-attribute-off hard negatives, and text->image over full and sampled partial captions."""
+    from genunlearn.data import toycanvas
+
+    model, target, labels = clip.model, data["target"], data["labels"]
+    img = F.normalize(Clip.pooled(model.get_image_features(pixel_values=clip.pixels(x))), dim=-1)
+    txt_full = F.normalize(Clip.pooled(model.get_text_features(**all_tokens)), dim=-1)
+    scale = model.logit_scale.exp().clamp(max=100)
+    logits = scale * img @ txt_full.T
+    loss_i2t = F.cross_entropy(logits, target[idx])
+    # the acceptance test's rivals: the true caption (column 0) against the 20 captions that
+    # change one attribute; the 400-way softmax above spends most of its mass elsewhere
+    loss_hard = F.cross_entropy(
+        logits.gather(1, data["rivals"][target[idx]]), torch.zeros(r.batch, dtype=torch.long)
+    )
+    # text->image: the batch's distinct full captions plus sampled partial captions, each
+    # with every batch image it describes as a positive
+    in_batch = sorted(set(target[idx].tolist()))
+    picks = [int(idx[rng.randrange(r.batch)]) for _ in range(r.partial)]
+    part = [partial_caption(labels[i], rng) for i in picks]
+    tokens = clip.tokens([t for t, _ in part])
+    txt_part = F.normalize(Clip.pooled(model.get_text_features(**tokens)), dim=-1)
+    texts = torch.cat([txt_full[in_batch], txt_part])
+    named = [labels[int(idx[(target[idx] == c).nonzero()[0, 0]])] for c in in_batch]
+    named += [attrs for _, attrs in part]
+    pos = _positives(named, data["lab_t"][idx], toycanvas.KINDS)
+    logp = (scale * texts @ img.T).log_softmax(-1)
+    loss_t2i = -(logp.masked_fill(~pos, -torch.inf).logsumexp(-1)).mean()
+    return 0.5 * (loss_i2t + loss_t2i) + r.hard * loss_hard
 
 
 def _shift_flip(x: torch.Tensor, shift: int, g: torch.Generator) -> torch.Tensor:
