@@ -90,5 +90,5 @@ def resolve_dtype(dtype=None, device: torch.device | None = None) -> torch.dtype
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    """The short name of a supported dtype ("float32", "float16", "bfloat16")."""
-    return {v: k for k, v in DTYPES.items()}[dtype]
+    """The short name of a dtype ("float32", "float16", "bfloat16", ...)."""
+    return str(dtype).removeprefix("torch.")

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from genunlearn.models.device import dtype_name
 from genunlearn.types import GenUnlearnError
 
 PARTS = ("pipeline", "unet", "text_encoder")
@@ -55,10 +56,6 @@ def _version() -> str:
         return version("genunlearn")
     except PackageNotFoundError:
         return "0+unknown"
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -234,7 +231,7 @@ def export_pipeline(
     note = _note(model, parts, source) if parts else None
     info = {
         "part": part,
-        "dtype": _dtype_name(model.dtype),
+        "dtype": dtype_name(model.dtype),
         "base_model": str(model.model_id),
         "base_hash": model.base_hash,
         "prediction_type": getattr(model, "prediction_type", "epsilon"),
@@ -397,7 +394,7 @@ def _cast_files(d: Path, dtype: torch.dtype) -> None:
             c = json.loads(cfg.read_text())
             for key in ("dtype", "torch_dtype"):
                 if key in c:
-                    c[key] = _dtype_name(dtype)
+                    c[key] = dtype_name(dtype)
             cfg.write_text(json.dumps(c, indent=2, sort_keys=True) + "\n")
 
 
