@@ -154,3 +154,28 @@ def load_clip(name_or_path: str | Path = NAME) -> Clip:
         raise GenUnlearnError(f"the tokenizer in {d} has only {len(tok)} tokens; {hint}")
     preprocess = json.loads((d / "preprocessor_config.json").read_text())
     return Clip(model, tok, preprocess, NAME if builtin else str(d))
+
+
+#: directory (under the package assets) of CLIP's real 49408-token BPE tokenizer
+CLIP_TOKENIZER = "clip-tokenizer"
+
+
+def clip_tokenizer(pad_token: str | None = None):
+    """CLIP's own tokenizer (``openai/clip-vit-large-patch14``'s ids: SD-1.x's), offline.
+
+    Built by :func:`genunlearn.testbed.tokenizer.build_clip_tokenizer` from the BPE file CLIP
+    published and committed under ``assets/clip-tokenizer``. ``pad_token``: SD-1.x pads with
+    ``<|endoftext|>`` (the default); SD-2.x's OpenCLIP tokenizer pads with ``"!"`` (id 0).
+    """
+    from transformers import CLIPTokenizer
+
+    from genunlearn.models import assets_dir
+
+    d = assets_dir() / CLIP_TOKENIZER
+    if not (d / "vocab.json").is_file() or not (d / "merges.txt").is_file():
+        raise GenUnlearnError(f"CLIP's tokenizer files are missing from {d}; reinstall genunlearn")
+    extra = {"pad_token": pad_token} if pad_token else {}
+    tok = CLIPTokenizer.from_pretrained(d, local_files_only=True, **extra)
+    if len(tok) != 49408:
+        raise GenUnlearnError(f"the tokenizer in {d} has {len(tok)} tokens, not CLIP's 49408")
+    return tok

@@ -112,3 +112,43 @@ def _merges(bpe) -> list:
     """The learned merges, read back through the model's own serialisation."""
     state = json.loads(bpe.to_str())
     return state["model"]["merges"]
+
+
+#: SD-1.x's CLIP ViT-L/14 tokenizer has 49408 entries: 256 byte symbols, the same with ``</w>``,
+#: 48894 merges and the two special tokens.
+CLIP_MERGES = 49152 - 256 - 2
+CLIP_VOCAB_SIZE = 2 * 256 + CLIP_MERGES + 2
+
+
+def build_clip_tokenizer(bpe_file: str | Path, out_dir: str | Path, max_length: int = 77):
+    """Write CLIP's own 49408-token tokenizer from the BPE merges file that CLIP published.
+
+    ``bpe_file`` is ``bpe_simple_vocab_16e6.txt.gz`` (shipped inside e.g. the ``open_clip_torch``
+    and ``clip`` packages; read it from their wheel, the package need not be installed). The
+    vocabulary is laid out as CLIP's tokenizer lays it out (byte symbols, the same with ``</w>``,
+    one entry per merge in rank order, then the start and end tokens), so the ids are those of
+    ``openai/clip-vit-large-patch14`` (the text encoder of SD-1.x). Returns the loaded tokenizer.
+    """
+    import gzip
+
+    from transformers import CLIPTokenizer
+
+    with gzip.open(bpe_file, "rt", encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : CLIP_MERGES + 1]]
+    if len(merges) != CLIP_MERGES or any(len(m) != 2 for m in merges):
+        raise ValueError(f"{bpe_file} is not CLIP's BPE merges file ({len(merges)} merges read)")
+    alphabet = list(bytes_to_unicode().values())
+    vocab_list = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]
+    vocab_list += [BOS, EOS]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab_list)}))
+    (out / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n"
+    )
+    tok = CLIPTokenizer.from_pretrained(str(out), model_max_length=max_length)
+    if len(tok) != CLIP_VOCAB_SIZE:
+        raise RuntimeError(f"CLIPTokenizer built {len(tok)} tokens, expected {CLIP_VOCAB_SIZE}")
+    tok.save_pretrained(str(out))
+    return tok
